@@ -1,0 +1,14 @@
+"""gpool: a greenlet-reusing worker pool for gevent servers.
+
+Pass a :class:`WorkerPool` as ``spawn=`` to ``gevent.server.StreamServer`` or
+``gevent.pywsgi.WSGIServer`` and each connection is served on a greenlet that already
+exists, instead of a new one per connection.
+"""
+
+from ._errors import PoolClosed, PoolError, PoolFull
+from ._pool import WorkerPool
+from ._stats import PoolStats
+
+__all__ = ["PoolClosed", "PoolError", "PoolFull", "PoolStats", "WorkerPool", "__version__"]
+
+__version__ = "0.1.0"

@@ -1,0 +1,525 @@
+"""WorkerPool: fasthttp's workerPool design, carried over to gevent."""
+
+from __future__ import annotations
+
+import logging
+from contextvars import Context
+from time import monotonic
+from types import TracebackType
+from typing import Any, Callable, Iterable
+
+from gevent import GreenletExit, Timeout
+from gevent.event import AsyncResult, Event
+from gevent.hub import Waiter, get_hub
+from greenlet import getcurrent
+
+from ._errorlog import report
+from ._errors import PoolClosed, PoolFull
+from ._ready import ReadyStack
+from ._slots import SlotSignal
+from ._stats import PoolStats
+from ._validate import check_bool, check_count, check_seconds
+from ._worker import Worker
+
+__all__ = ["WorkerPool"]
+
+_log = logging.getLogger("gpool")
+
+# What a worker's channel carries: a task, or None, which tells the worker to exit.
+_Task = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# Called at the end of every task with the worker, its task number and the task's
+# exception (None on success). Used by join() and kill(block=True); must not switch.
+_TaskEndWatcher = Callable[[Worker, int, "BaseException | None"], None]
+
+# Returned by submit()'s wrapper when it stored the task's exception in the result,
+# so the worker counts a failure without reporting it a second time.
+_FAILED = object()
+
+# libev's timers run on the loop's cached clock, which can lag time.monotonic() a
+# little; a worker this close to its deadline is culled now rather than re-arming the
+# timer for a fraction of a millisecond.
+_CULL_SLACK = 0.001
+
+
+class WorkerPool:
+    """A pool of reusable greenlets for gevent servers.
+
+    gevent's default ``spawn`` (and ``gevent.pool.Pool``) creates a ``Greenlet`` per
+    connection: allocation, a link list, a trip through the event loop before the
+    handler runs. A server that takes thousands of short connections a second spends
+    much of its time on that. A ``WorkerPool`` keeps finished greenlets ("workers")
+    parked on a ready list instead and hands each new task to the most recently parked
+    one, switching straight into it when called from the hub, as servers do. Workers
+    idle longer than *max_idle* seconds are retired, oldest first; at most *size* tasks
+    run at once.
+
+    Use it wherever gevent accepts a pool::
+
+        StreamServer(("127.0.0.1", 0), handle, spawn=WorkerPool(1000))
+        WSGIServer(("127.0.0.1", 0), app, spawn=WorkerPool(1000))
+
+    :param size: the most tasks running at once, and so the most workers; ``None``
+        (the default) means no limit, like ``gevent.pool.Pool()``.
+    :param max_idle: seconds a worker may sit idle before it is retired.
+    :param min_idle: idle workers kept warm however long they idle.
+    :param max_tasks_per_worker: retire a worker after this many tasks (``None``: never).
+    :param isolate: start every task with an empty ``contextvars`` context and with no
+        ``gevent.local`` (so, monkey-patched, no ``threading.local``) values left by an
+        earlier task on the same worker. On by default; turning it off saves well under
+        a microsecond per task and lets one client's state reach the next.
+    :param log_all_errors: also report network errors that only mean the client went
+        away (broken pipe, reset, timeout), which otherwise go to the ``gpool`` logger
+        at DEBUG.
+    """
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        max_idle: float = 10.0,
+        min_idle: int = 0,
+        max_tasks_per_worker: int | None = None,
+        isolate: bool = True,
+        log_all_errors: bool = False,
+    ) -> None:
+        self._size = check_count("size", size, minimum=1, allow_none=True)
+        self._max_idle = check_seconds("max_idle", max_idle)
+        min_idle_count = check_count("min_idle", min_idle, minimum=0)
+        assert min_idle_count is not None
+        if self._size is not None and min_idle_count > self._size:
+            raise ValueError(f"min_idle must not exceed size ({self._size}), got {min_idle!r}")
+        self._min_idle = min_idle_count
+        self._max_tasks = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1, allow_none=True)
+        self._isolate = check_bool("isolate", isolate)
+        self._log_all_errors = check_bool("log_all_errors", log_all_errors)
+
+        # The hub is bound on first use, not here: gunicorn builds worker classes (and
+        # users build pools) before forking, and no gevent object should exist yet.
+        self._hub: Any = None
+        self._ready: ReadyStack[Worker] = ReadyStack()
+        self._workers: set[Worker] = set()
+        self._busy = 0
+        self._closed = False
+        self._cull_timer: Any = None
+        self._slots = SlotSignal(self._has_free_slot, self._get_hub)
+        self._watchers: list[_TaskEndWatcher] = []
+
+        self._peak_workers = 0
+        self._workers_started = 0
+        self._tasks_started = 0
+        self._tasks_completed = 0
+        self._tasks_failed = 0
+        self._tasks_killed = 0
+        self._culled = 0
+        self._retired = 0
+
+    # -- the gevent server contract -------------------------------------------------
+
+    @property
+    def size(self) -> int | None:
+        """The most tasks that run at once (``None``: unbounded)."""
+        return self._size
+
+    @property
+    def _semaphore(self) -> SlotSignal:
+        """Compatibility shim: gevent servers call ``pool._semaphore.rawlink(cb)`` and
+        ``unlink(cb)`` to learn when a full pool frees a slot. See :mod:`gpool._slots`."""
+        return self._slots
+
+    def full(self) -> bool:
+        """True when no task can start now (every slot taken, or the pool closed).
+
+        Servers call it in the hub before each accept. Never blocks.
+        """
+        return self._closed or (self._size is not None and self._busy >= self._size)
+
+    def free_count(self) -> int:
+        """How many more tasks could start now; 1 for an unbounded pool, as gevent's
+        ``Pool`` answers. gunicorn compares it with ``size`` to see whether requests
+        are still in flight. Never blocks."""
+        if self._closed:
+            return 0
+        if self._size is None:
+            return 1
+        return max(self._size - self._busy, 0)
+
+    def __len__(self) -> int:
+        """Tasks running now (including tasks handed over but not yet started)."""
+        return self._busy
+
+    def __bool__(self) -> bool:
+        # Always true, unlike an empty gevent Group: server.stop() does `if pool:`
+        # before join/kill, and a pool object is never "nothing".
+        return True
+
+    def wait_available(self, timeout: float | None = None) -> int:
+        """Wait until a slot is free or *timeout* seconds pass; return ``free_count()``.
+
+        Blocks the calling greenlet; do not call it in the hub.
+        """
+        if self._closed:
+            raise PoolClosed("wait_available() called on a closed WorkerPool")
+        if self.full():
+            waiter: Waiter = Waiter()
+            self._slots.rawlink(waiter.switch)
+            try:
+                with Timeout(timeout, False):
+                    waiter.get()
+            finally:
+                self._slots.unlink(waiter.switch)
+        return self.free_count()
+
+    # -- submitting tasks -------------------------------------------------------------
+
+    def spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``func(*args, **kwargs)`` on a worker.
+
+        The task goes to the most recently released idle worker, or to a new worker
+        while fewer than ``size`` exist. Called in the hub (as servers call it), this
+        switches straight into that worker and never blocks; called from a greenlet it
+        only schedules the task and does not switch.
+
+        When the pool is full, a greenlet waits here for a slot, as with
+        ``gevent.pool.Pool.spawn``. In the hub, or inside one of this pool's own tasks,
+        waiting could hang the loop or deadlock, so :class:`~gpool.PoolFull` is raised
+        instead. Returns None: use :meth:`submit` for the result.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        while True:
+            if self._closed:
+                raise PoolClosed("spawn() called on a closed WorkerPool")
+            if self._ready:
+                self._hand_over(self._ready.pop(), (func, args, kwargs))
+                return
+            if self._size is None or self._busy < self._size:
+                self._start_worker((func, args, kwargs))
+                return
+            self._wait_for_slot()
+
+    def try_spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Like :meth:`spawn`, but return False at once instead of waiting when full.
+
+        Never blocks; safe in the hub and inside the pool's own tasks.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        if self._closed:
+            raise PoolClosed("try_spawn() called on a closed WorkerPool")
+        if self.full():
+            return False
+        self.spawn(func, *args, **kwargs)
+        return True
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        """Like :meth:`spawn`, returning a ``gevent.event.AsyncResult`` for the outcome.
+
+        A task's exception is stored in the result (and counted as a failure), not
+        reported to the hub: whoever holds the result is expected to look at it.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        result: AsyncResult = AsyncResult()
+        self.spawn(_resolve, result, func, args, kwargs)
+        return result
+
+    # -- waiting and stopping ---------------------------------------------------------
+
+    def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
+        """Wait until no task is running; True if that happened within *timeout*.
+
+        With *raise_error*, the first exception raised by a task that fails while
+        this call waits is re-raised here. The pool stays usable. Blocks the calling
+        greenlet; do not call it in the hub.
+        """
+        if self._busy == 0:
+            return True
+        done = Event()
+        failures: list[BaseException] = []
+
+        def watch(_worker: Worker, _task_no: int, exc: BaseException | None) -> None:
+            if exc is not None and raise_error:
+                failures.append(exc)
+                done.set()
+            elif self._busy == 0:
+                done.set()
+
+        self._watchers.append(watch)
+        try:
+            finished = done.wait(timeout)
+        finally:
+            self._watchers.remove(watch)
+        if failures:
+            raise failures[0]
+        return bool(finished) and self._busy == 0
+
+    def kill(
+        self,
+        exception: type[BaseException] | BaseException = GreenletExit,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Raise *exception* in every task running now.
+
+        Only the tasks running when ``kill`` is called are reached: a task that ends
+        first, and any later task on the same worker, is left alone. The tasks'
+        ``finally`` blocks run, so the sockets a server hands them get closed. With
+        *block*, wait up to *timeout* seconds for those tasks to end. The pool stays
+        usable afterwards.
+        """
+        targets = [(worker, worker.task_no) for worker in self._workers if worker.busy]
+        if not targets:
+            return
+        hub = self._get_hub()
+        # Deliver from the hub, after every task handed over before this call has
+        # started (callbacks run in order), so each target is suspended inside its task.
+        hub.loop.run_callback(self._throw_into, targets, exception)
+        if not block:
+            return
+        pending = {(id(worker), task_no) for worker, task_no in targets}
+        done = Event()
+
+        def watch(worker: Worker, task_no: int, _exc: BaseException | None) -> None:
+            pending.discard((id(worker), task_no))
+            if not pending:
+                done.set()
+
+        self._watchers.append(watch)
+        try:
+            done.wait(timeout)
+        finally:
+            self._watchers.remove(watch)
+
+    def close(self) -> None:
+        """Stop taking tasks, for good. Idle workers exit now, busy ones after their task.
+
+        Never blocks; :meth:`join` waits for the running tasks.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._cull_timer is not None:
+            self._cull_timer.close()
+            self._cull_timer = None
+        for worker in self._ready.pop_all():
+            self._retired += 1
+            self._send(worker, None)
+        if self._hub is not None:
+            # Wake greenlets waiting for a slot so they see PoolClosed.
+            self._slots.wake_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        """The pool's counters and gauges now."""
+        return PoolStats(
+            size=self._size,
+            workers=len(self._workers),
+            idle=len(self._ready),
+            busy=self._busy,
+            peak_workers=self._peak_workers,
+            workers_started=self._workers_started,
+            tasks_started=self._tasks_started,
+            tasks_completed=self._tasks_completed,
+            tasks_failed=self._tasks_failed,
+            tasks_killed=self._tasks_killed,
+            culled=self._culled,
+            retired=self._retired,
+        )
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        self.join()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<WorkerPool {state} size={self._size} busy={self._busy} "
+            f"idle={len(self._ready)} workers={len(self._workers)}>"
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _get_hub(self) -> Any:
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        return hub
+
+    def _has_free_slot(self) -> bool:
+        return not self.full()
+
+    def _send(self, worker: Worker, item: _Task | None) -> None:
+        """Put *item* on a parked worker's channel.
+
+        In the hub, ``Channel.put`` switches straight into the waiting worker. Anywhere
+        else it would block the caller until the hub ran, so the put is deferred to the
+        hub instead and the caller carries on.
+        """
+        hub = self._get_hub()
+        if getcurrent() is hub:
+            worker.channel.put(item)
+        else:
+            hub.loop.run_callback(worker.channel.put, item)
+
+    def _claim(self, worker: Worker) -> None:
+        # Count the slot as taken before any switch, so full() is right at once.
+        self._busy += 1
+        self._tasks_started += 1
+        worker.task_no += 1
+        worker.busy = True
+
+    def _hand_over(self, worker: Worker, task: _Task) -> None:
+        self._claim(worker)
+        self._send(worker, task)
+
+    def _start_worker(self, task: _Task) -> None:
+        hub = self._get_hub()
+        worker = Worker(self._work, hub)
+        self._workers.add(worker)
+        self._workers_started += 1
+        if len(self._workers) > self._peak_workers:
+            self._peak_workers = len(self._workers)
+        self._claim(worker)
+        if getcurrent() is hub:
+            worker.switch(task)
+        else:
+            hub.loop.run_callback(worker.switch, task)
+
+    def _wait_for_slot(self) -> None:
+        current = getcurrent()
+        if current is self._get_hub():
+            raise PoolFull(
+                f"spawn() called in the hub while all {self._size} slots are busy; "
+                "the hub cannot wait: use try_spawn() or check full() first"
+            )
+        if current in self._workers:
+            raise PoolFull(
+                f"spawn() called from one of the pool's own tasks while all {self._size} slots are busy; "
+                "waiting could deadlock: use try_spawn() or a larger size"
+            )
+        waiter: Waiter = Waiter()
+        self._slots.rawlink(waiter.switch)
+        try:
+            waiter.get()
+        finally:
+            self._slots.unlink(waiter.switch)
+
+    def _work(self, task: _Task | None) -> None:
+        """The worker greenlet's body: run tasks until told to stop or retired."""
+        worker: Worker = getcurrent()
+        isolate = self._isolate
+        max_tasks = self._max_tasks
+        fatal = False
+        while task is not None:
+            func, args, kwargs = task
+            task = None
+            error: BaseException | None = None
+            try:
+                if isolate:
+                    outcome = Context().run(func, *args, **kwargs)
+                else:
+                    outcome = func(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - every outcome is accounted for
+                error = exc
+                outcome = None
+            # No switch may happen between the task's end and this line: kill()
+            # decides whether a worker is inside a task by this flag.
+            worker.busy = False
+            worker.tasks_run += 1
+            # Drop the task's references (sockets, requests) before parking: an idle
+            # greenlet must not keep a client's connection alive.
+            func = args = kwargs = None  # type: ignore[assignment]
+            if isolate:
+                worker.forget_locals()
+
+            failure: BaseException | None = None
+            if error is None:
+                if outcome is _FAILED:
+                    self._tasks_failed += 1
+                else:
+                    self._tasks_completed += 1
+            elif error is worker.kill_exc:
+                self._tasks_killed += 1
+            elif isinstance(error, GreenletExit):
+                self._tasks_completed += 1
+            else:
+                self._tasks_failed += 1
+                failure = error
+                fatal = not isinstance(error, Exception)
+            worker.kill_exc = None
+            outcome = None
+
+            self._busy -= 1
+            if self._watchers:
+                for watch in list(self._watchers):
+                    watch(worker, worker.task_no, error)
+            error = None
+            if failure is not None:
+                report(self._hub, worker, failure, self._log_all_errors)
+                failure = None
+            self._slots.notify()
+
+            # Exit rules: the pool is closed; the recycle limit is reached; the task
+            # raised a system error (SystemExit, KeyboardInterrupt), after which this
+            # greenlet's state is not to be trusted.
+            if self._closed or fatal or (max_tasks is not None and worker.tasks_run >= max_tasks):
+                self._retired += 1
+                break
+            self._ready.push(worker, monotonic())
+            if self._cull_timer is None and len(self._ready) > self._min_idle:
+                self._arm_culler()
+            task = worker.channel.get()
+        self._workers.discard(worker)
+
+    def _throw_into(self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException) -> None:
+        """Hub callback of kill(): raise *exception* in each target still on its task."""
+        for worker, task_no in targets:
+            if worker.busy and worker.task_no == task_no:
+                exc = exception() if isinstance(exception, type) else exception
+                worker.kill_exc = exc
+                worker.throw(exc)
+
+    def _arm_culler(self) -> None:
+        delay = max(self._ready.oldest_release() + self._max_idle - monotonic(), 0.0)
+        # ref=False: a pending cull must not keep gevent.wait() or the loop alive.
+        timer = self._get_hub().loop.timer(delay, ref=False)
+        self._cull_timer = timer
+        timer.start(self._cull)
+
+    def _cull(self) -> None:
+        """Timer callback, in the hub: retire workers idle longer than max_idle."""
+        if self._cull_timer is not None:
+            self._cull_timer.close()
+            self._cull_timer = None
+        stale = self._ready.pop_stale(monotonic() - self._max_idle + _CULL_SLACK, self._min_idle)
+        # Decide first, then act: each put below switches into a worker, which exits.
+        self._culled += len(stale)
+        for worker in stale:
+            worker.channel.put(None)
+        if stale:
+            _log.debug("culled %d idle workers; %d left", len(stale), len(self._workers))
+        if not self._closed and len(self._ready) > self._min_idle:
+            self._arm_culler()
+
+
+def _resolve(result: AsyncResult, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    """submit()'s task: run *func* and store its outcome in *result*."""
+    try:
+        result.set(func(*args, **kwargs))
+    except Exception as exc:  # noqa: BLE001 - handed to the caller through the result
+        result.set_exception(exc)
+        return _FAILED
+    except BaseException as exc:
+        # Kills and system errors still end the task the usual way.
+        result.set_exception(exc)
+        raise
+    return None

@@ -1,0 +1,41 @@
+"""A point-in-time record of a pool's counters."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["PoolStats"]
+
+
+@dataclass(frozen=True)
+class PoolStats:
+    """What :meth:`gpool.WorkerPool.stats` returns.
+
+    Gauges describe this instant; counters only grow over the pool's life. Once the
+    pool is quiet, ``tasks_started == tasks_completed + tasks_failed + tasks_killed``.
+    """
+
+    size: int | None
+    """The pool's capacity (None: unbounded)."""
+    workers: int
+    """Worker greenlets alive now, idle or busy."""
+    idle: int
+    """Workers parked on the ready list, waiting for a task."""
+    busy: int
+    """Tasks running now (also ``len(pool)``)."""
+    peak_workers: int
+    """The most workers alive at once."""
+    workers_started: int
+    """Worker greenlets ever created."""
+    tasks_started: int
+    """Tasks handed to a worker."""
+    tasks_completed: int
+    """Tasks that returned (or ended with ``GreenletExit`` of their own)."""
+    tasks_failed: int
+    """Tasks that raised."""
+    tasks_killed: int
+    """Tasks ended by :meth:`gpool.WorkerPool.kill`."""
+    culled: int
+    """Workers retired after idling longer than ``max_idle``."""
+    retired: int
+    """Workers that exited for any other reason: the recycle limit, ``close()``, a system error."""

@@ -1,0 +1,64 @@
+"""The worker greenlet and what it knows about the task it runs.
+
+A worker is a raw greenlet (no ``gevent.Greenlet`` bookkeeping: that is the cost
+gpool exists to avoid) that runs task after task and parks on its own
+``gevent.queue.Channel`` in between. The loop itself lives in the pool, which owns
+the counters it updates.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from gevent.queue import Channel
+from greenlet import greenlet
+
+__all__ = ["Worker"]
+
+LocalLink = Callable[[Any], object]
+
+
+class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for subclassing
+    """One reusable greenlet of a pool.
+
+    ``rawlink``/``unlink`` are the hook ``gevent.local`` looks for on a greenlet: when a
+    local is first touched here it registers a callback that drops this greenlet's
+    values. gevent's own ``Greenlet`` calls those callbacks when it dies; a worker that
+    isolates its tasks calls them after every task instead, so the next task starts
+    with fresh locals (``__init__`` runs again for ``local`` subclasses).
+    """
+
+    __slots__ = ("_local_links", "busy", "channel", "idle_since", "kill_exc", "task_no", "tasks_run")
+
+    def __init__(self, run: Callable[..., Any], parent: Any) -> None:
+        super().__init__(run, parent)
+        self.channel: Channel[Any] = Channel()
+        self.idle_since = 0.0
+        # task_no counts the tasks handed to this worker; with busy it names the task
+        # running now, so a kill aimed at one task never lands on the next one.
+        self.task_no = 0
+        self.busy = False
+        self.kill_exc: BaseException | None = None
+        self.tasks_run = 0
+        self._local_links: list[LocalLink] = []
+
+    def rawlink(self, callback: LocalLink) -> None:
+        self._local_links.append(callback)
+
+    def unlink(self, callback: LocalLink) -> None:
+        try:
+            self._local_links.remove(callback)
+        except ValueError:
+            pass
+
+    def forget_locals(self) -> None:
+        """Drop every ``gevent.local`` value this greenlet holds. Never switches."""
+        links = self._local_links
+        if links:
+            self._local_links = []
+            for callback in links:
+                callback(self)
+
+    def __repr__(self) -> str:
+        state = "busy" if self.busy else ("dead" if self.dead else "idle")
+        return f"<gpool worker at {id(self):#x} {state}, {self.tasks_run} tasks run>"
