@@ -480,7 +480,9 @@ class WorkerPool:
             task = worker.channel.get()
         self._workers.discard(worker)
 
-    def _throw_into(self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException) -> None:
+    def _throw_into(
+        self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException
+    ) -> None:
         """Hub callback of kill(): raise *exception* in each target still on its task."""
         for worker, task_no in targets:
             if worker.busy and worker.task_no == task_no:
