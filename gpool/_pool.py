@@ -477,8 +477,21 @@ class WorkerPool:
             self._ready.push(worker, monotonic())
             if self._cull_timer is None and len(self._ready) > self._min_idle:
                 self._arm_culler()
-            task = worker.channel.get()
+            task = self._park(worker)
         self._workers.discard(worker)
+
+    @staticmethod
+    def _park(worker: Worker) -> _Task | None:
+        """Wait on the worker's channel for its next task (or None: exit)."""
+        while True:
+            try:
+                return worker.channel.get()  # type: ignore[no-any-return]
+            except BaseException as stray:  # noqa: BLE001 - see below
+                # Only a throw aimed at the greenlet rather than a task gets here: the
+                # classic case is a gevent.Timeout an earlier task started and never
+                # cancelled. The worker is still on the ready list; it must not die
+                # there, so it notes the stray and parks again.
+                _log.debug("idle worker %r ignored a stray %r", worker, stray)
 
     def _throw_into(
         self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException
