@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from contextvars import Context
 from time import monotonic
 from types import TracebackType
 from typing import Any, Callable, Iterable
@@ -186,11 +185,26 @@ class WorkerPool:
         """
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        ready = self._ready
+        if ready and not self._closed:
+            # The path servers take, inlined: claim the hottest idle worker, then put
+            # the task on its channel (see _claim and _send for the general case).
+            worker = ready.pop()
+            self._busy += 1
+            self._tasks_started += 1
+            worker.task_no += 1
+            worker.busy = True
+            hub = self._hub
+            if getcurrent() is hub:
+                worker.channel.put((func, args, kwargs))
+            else:
+                hub.loop.run_callback(worker.channel.put, (func, args, kwargs))
+            return
         while True:
             if self._closed:
                 raise PoolClosed("spawn() called on a closed WorkerPool")
-            if self._ready:
-                self._hand_over(self._ready.pop(), (func, args, kwargs))
+            if ready:
+                self._hand_over(ready.pop(), (func, args, kwargs))
                 return
             if self._size is None or self._busy < self._size:
                 self._start_worker((func, args, kwargs))
@@ -418,16 +432,16 @@ class WorkerPool:
         worker: Worker = getcurrent()
         isolate = self._isolate
         max_tasks = self._max_tasks
+        ready = self._ready
+        slots = self._slots
+        get_task = worker.channel.get
         fatal = False
         while task is not None:
             func, args, kwargs = task
             task = None
             error: BaseException | None = None
             try:
-                if isolate:
-                    outcome = Context().run(func, *args, **kwargs)
-                else:
-                    outcome = func(*args, **kwargs)
+                outcome = func(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - every outcome is accounted for
                 error = exc
                 outcome = None
@@ -439,7 +453,12 @@ class WorkerPool:
             # greenlet must not keep a client's connection alive.
             func = args = kwargs = None  # type: ignore[assignment]
             if isolate:
-                worker.forget_locals()
+                # The next task starts in a new, empty contextvars context. Cheaper
+                # than running each task inside Context().run(), and it drops this
+                # task's values now rather than when the next task starts.
+                worker.gr_context = None
+                if worker.local_links:
+                    worker.forget_locals()
 
             failure: BaseException | None = None
             if error is None:
@@ -464,9 +483,18 @@ class WorkerPool:
                     watch(worker, worker.task_no, error)
             error = None
             if failure is not None:
-                report(self._hub, worker, failure, self._log_all_errors)
+                if fatal:
+                    # gevent re-raises a system error in the main greenlet, switching
+                    # there directly from the reporting greenlet. From the hub's next
+                    # callback, not from here: this worker may have been switched into
+                    # from inside a server's accept callback, which must not be left
+                    # suspended while the main greenlet (say) stops that server.
+                    self._hub.loop.run_callback(report, self._hub, worker, failure, self._log_all_errors)
+                else:
+                    report(self._hub, worker, failure, self._log_all_errors)
                 failure = None
-            self._slots.notify()
+            if slots.waiting:
+                slots.notify()
 
             # Exit rules: the pool is closed; the recycle limit is reached; the task
             # raised a system error (SystemExit, KeyboardInterrupt), after which this
@@ -474,24 +502,22 @@ class WorkerPool:
             if self._closed or fatal or (max_tasks is not None and worker.tasks_run >= max_tasks):
                 self._retired += 1
                 break
-            self._ready.push(worker, monotonic())
-            if self._cull_timer is None and len(self._ready) > self._min_idle:
+            worker.idle_since = monotonic()  # ready.push(), inlined
+            ready.append(worker)
+            if self._cull_timer is None and len(ready) > self._min_idle:
                 self._arm_culler()
-            task = self._park(worker)
+            # Park until spawn() puts a task (or close/cull puts None) on the channel.
+            while True:
+                try:
+                    task = get_task()
+                    break
+                except BaseException as stray:  # noqa: BLE001 - see below
+                    # Only a throw aimed at the greenlet rather than a task gets here:
+                    # the classic case is a gevent.Timeout an earlier task started and
+                    # never cancelled. The worker is still on the ready list; it must
+                    # not die there, so it notes the stray and parks again.
+                    _log.debug("idle worker %r ignored a stray %r", worker, stray)
         self._workers.discard(worker)
-
-    @staticmethod
-    def _park(worker: Worker) -> _Task | None:
-        """Wait on the worker's channel for its next task (or None: exit)."""
-        while True:
-            try:
-                return worker.channel.get()  # type: ignore[no-any-return]
-            except BaseException as stray:  # noqa: BLE001 - see below
-                # Only a throw aimed at the greenlet rather than a task gets here: the
-                # classic case is a gevent.Timeout an earlier task started and never
-                # cancelled. The worker is still on the ready list; it must not die
-                # there, so it notes the stray and parks again.
-                _log.debug("idle worker %r ignored a stray %r", worker, stray)
 
     def _throw_into(
         self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException

@@ -6,7 +6,7 @@ Plain Python with no greenlet in sight, so it can be tested with fake workers.
 from __future__ import annotations
 
 from collections import deque
-from typing import Generic, Protocol, TypeVar
+from typing import Protocol, TypeVar
 
 __all__ = ["ReadyStack"]
 
@@ -18,55 +18,43 @@ class _Idle(Protocol):
 W = TypeVar("W", bound=_Idle)
 
 
-class ReadyStack(Generic[W]):
+class ReadyStack(deque[W]):
     """Idle workers, coldest at the left end, hottest at the right.
 
     Dispatch pops the most recently released worker (its stack and caches are still
     warm); culling trims from the other end. Both ends must be cheap, which is why this
     is a deque and not a list: fasthttp once lost culling altogether when a rewrite
-    could only reach the hot end.
+    could only reach the hot end. It *is* a deque so that the pool's hot paths use the
+    C methods ``pop()`` and ``append()`` directly.
 
-    Invariant: ``idle_since`` never decreases from left to right, because ``push``
-    stamps each worker with a clock that only moves forward.
+    Invariant: ``idle_since`` never decreases from left to right. Workers are added
+    only by :meth:`push` or, on the hot path, by stamping ``idle_since`` from the same
+    monotonic clock and then calling ``append``.
     """
 
-    __slots__ = ("_workers",)
-
-    def __init__(self) -> None:
-        self._workers: deque[W] = deque()
-
-    def __len__(self) -> int:
-        return len(self._workers)
-
-    def __bool__(self) -> bool:
-        return bool(self._workers)
+    __slots__ = ()
 
     def push(self, worker: W, now: float) -> None:
         """Add *worker* at the hot end, released at time *now*."""
         worker.idle_since = now
-        self._workers.append(worker)
-
-    def pop(self) -> W:
-        """Remove and return the most recently released worker (IndexError if empty)."""
-        return self._workers.pop()
+        self.append(worker)
 
     def oldest_release(self) -> float:
         """The release time of the coldest worker (IndexError if empty)."""
-        return self._workers[0].idle_since
+        return self[0].idle_since
 
     def pop_stale(self, released_before: float, keep: int) -> list[W]:
         """Remove the workers released before *released_before*, coldest first.
 
         Never leaves fewer than *keep* workers behind.
         """
-        workers = self._workers
         stale: list[W] = []
-        while len(workers) > keep and workers[0].idle_since < released_before:
-            stale.append(workers.popleft())
+        while len(self) > keep and self[0].idle_since < released_before:
+            stale.append(self.popleft())
         return stale
 
     def pop_all(self) -> list[W]:
         """Remove and return every worker, coldest first."""
-        workers = list(self._workers)
-        self._workers.clear()
+        workers = list(self)
+        self.clear()
         return workers

@@ -28,7 +28,7 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
     with fresh locals (``__init__`` runs again for ``local`` subclasses).
     """
 
-    __slots__ = ("_local_links", "busy", "channel", "idle_since", "kill_exc", "task_no", "tasks_run")
+    __slots__ = ("busy", "channel", "idle_since", "kill_exc", "local_links", "task_no", "tasks_run")
 
     def __init__(self, run: Callable[..., Any], parent: Any) -> None:
         super().__init__(run, parent)
@@ -40,22 +40,22 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         self.busy = False
         self.kill_exc: BaseException | None = None
         self.tasks_run = 0
-        self._local_links: list[LocalLink] = []
+        self.local_links: list[LocalLink] = []
 
     def rawlink(self, callback: LocalLink) -> None:
-        self._local_links.append(callback)
+        self.local_links.append(callback)
 
     def unlink(self, callback: LocalLink) -> None:
         try:
-            self._local_links.remove(callback)
+            self.local_links.remove(callback)
         except ValueError:
             pass
 
     def forget_locals(self) -> None:
         """Drop every ``gevent.local`` value this greenlet holds. Never switches."""
-        links = self._local_links
+        links = self.local_links
         if links:
-            self._local_links = []
+            self.local_links = []
             for callback in links:
                 callback(self)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import gc
-import os
 from collections.abc import Iterator
 from typing import Callable
 
@@ -34,10 +33,6 @@ def _bounded() -> Iterator[None]:
         yield
     finally:
         timeout.close()
-
-
-def open_fds() -> int:
-    return len(os.listdir("/proc/self/fd"))
 
 
 def live_workers() -> int:

@@ -3,6 +3,11 @@
 from __future__ import annotations
 
 import gc
+import os
+import subprocess
+import sys
+import textwrap
+import weakref
 from collections.abc import Iterator
 from typing import Any, Callable
 
@@ -16,30 +21,32 @@ from greenlet import greenlet
 
 from gpool import WorkerPool
 
-from .conftest import live_workers, open_fds
-
 CLIENTS = 300
 
 
-def live_greenlets() -> int:
+def live_greenlets() -> list[greenlet]:
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
+    return [obj for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead]
 
 
 @pytest.fixture
-def baseline() -> Iterator[Callable[[], tuple[int, int, int]]]:
+def baseline() -> Iterator[None]:
+    """Fail the test if it leaves a file descriptor or a greenlet behind.
+
+    Compared as sets: what existed before may go away meanwhile (an earlier test's
+    pool culling its workers), but nothing new may stay.
+    """
     # WSGIServer looks up the host's name on gevent's resolver thread, which lives
     # for the rest of the process: start it before counting.
     socket.getfqdn("127.0.0.1")
-    gc.collect()
-
-    def counts() -> tuple[int, int, int]:
-        gevent.sleep(0)
-        return open_fds(), live_greenlets(), live_workers()
-
-    before = counts()
-    yield counts
-    assert counts() == before, "file descriptors, greenlets or workers leaked"
+    fds_before = set(os.listdir("/proc/self/fd"))
+    greenlets_before: weakref.WeakSet[greenlet] = weakref.WeakSet(live_greenlets())
+    yield
+    gevent.sleep(0)
+    new_fds = set(os.listdir("/proc/self/fd")) - fds_before
+    new_greenlets = [g for g in live_greenlets() if g not in greenlets_before]
+    assert not new_fds, f"file descriptors leaked: {sorted(new_fds)}"
+    assert not new_greenlets, f"greenlets leaked: {new_greenlets}"
 
 
 def echo(sock: Any, _address: Any) -> None:
@@ -75,7 +82,7 @@ def run_clients(count: int, client: Callable[[int], Any]) -> list[Any]:
     return [g.value for g in greenlets]
 
 
-def test_stream_server_answers_hundreds_of_concurrent_clients(baseline: Callable[[], Any]) -> None:
+def test_stream_server_answers_hundreds_of_concurrent_clients(baseline: None) -> None:
     pool = WorkerPool(100)
     server = StreamServer(("127.0.0.1", 0), echo, spawn=pool, backlog=1024)
     server.start()
@@ -103,7 +110,7 @@ def http_get(server: Any, path: str) -> bytes:
     return exchange(server, request)
 
 
-def test_wsgi_server_answers_hundreds_of_concurrent_clients(baseline: Callable[[], Any]) -> None:
+def test_wsgi_server_answers_hundreds_of_concurrent_clients(baseline: None) -> None:
     pool = WorkerPool(100)
     server = WSGIServer(("127.0.0.1", 0), hello_app, spawn=pool, log=None, backlog=1024)
     server.start()
@@ -119,7 +126,7 @@ def test_wsgi_server_answers_hundreds_of_concurrent_clients(baseline: Callable[[
     assert pool.join(timeout=5)
 
 
-def test_full_pool_pauses_accepting_and_resumes(baseline: Callable[[], Any]) -> None:
+def test_full_pool_pauses_accepting_and_resumes(baseline: None) -> None:
     pool = WorkerPool(1)
     gate, first_started = Event(), Event()
     started: list[bytes] = []
@@ -156,7 +163,7 @@ def test_full_pool_pauses_accepting_and_resumes(baseline: Callable[[], Any]) -> 
     pool.close()
 
 
-def test_stop_lets_in_flight_requests_finish(baseline: Callable[[], Any]) -> None:
+def test_stop_lets_in_flight_requests_finish(baseline: None) -> None:
     pool = WorkerPool(10)
     started, finish = Event(), Event()
 
@@ -181,7 +188,7 @@ def test_stop_lets_in_flight_requests_finish(baseline: Callable[[], Any]) -> Non
     pool.close()
 
 
-def test_stop_kills_requests_still_running_after_the_timeout(baseline: Callable[[], Any]) -> None:
+def test_stop_kills_requests_still_running_after_the_timeout(baseline: None) -> None:
     pool = WorkerPool(10)
     started = Event()
     cleaned: list[str] = []
@@ -207,7 +214,7 @@ def test_stop_kills_requests_still_running_after_the_timeout(baseline: Callable[
     pool.close()
 
 
-def test_one_pool_serves_a_restarted_server(baseline: Callable[[], Any]) -> None:
+def test_one_pool_serves_a_restarted_server(baseline: None) -> None:
     pool = WorkerPool(4)
     for _ in range(2):
         server = StreamServer(("127.0.0.1", 0), echo, spawn=pool)
@@ -220,7 +227,7 @@ def test_one_pool_serves_a_restarted_server(baseline: Callable[[], Any]) -> None
     pool.close()
 
 
-def test_culled_pool_returns_to_baseline(baseline: Callable[[], Any]) -> None:
+def test_culled_pool_returns_to_baseline(baseline: None) -> None:
     pool = WorkerPool(50, max_idle=0.05)
     server = StreamServer(("127.0.0.1", 0), echo, spawn=pool)
     server.start()
@@ -232,3 +239,40 @@ def test_culled_pool_returns_to_baseline(baseline: Callable[[], Any]) -> None:
     with gevent.Timeout(5, AssertionError("workers not culled")):
         while pool.stats().workers:
             gevent.sleep(0.01)
+
+
+def test_system_exit_in_a_handler_reaches_main_without_upsetting_the_server() -> None:
+    # The handler runs inside the server's accept callback (spawn switches straight
+    # into it); gevent re-raises a SystemExit in the main greenlet. That must happen
+    # after the accept callback has finished, or stopping the server from main leaves
+    # gevent's accept loop reading a closed server.
+    script = textwrap.dedent(
+        """
+        import sys, gevent
+        from gevent import socket
+        from gevent.server import StreamServer
+        from gpool import WorkerPool
+
+        def handle(sock, address):
+            raise SystemExit("handler says stop")
+
+        pool = WorkerPool(4)
+        server = StreamServer(("127.0.0.1", 0), handle, spawn=pool)
+        server.start()
+        client = socket.socket()
+        client.connect(("127.0.0.1", server.server_port))
+        try:
+            gevent.sleep(5)
+            print("no SystemExit reached main")
+        except SystemExit as exc:
+            print("main got:", exc)
+        server.stop(timeout=1)
+        gevent.sleep(0.1)
+        client.close()
+        print(pool.stats().retired, pool.stats().tasks_failed)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["main got: handler says stop", "1 1"]
+    assert "AttributeError" not in done.stderr, done.stderr
