@@ -27,7 +27,8 @@ _log = logging.getLogger("gpool")
 # What a worker's channel carries: a task, or None, which tells the worker to exit.
 _Task = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
 # Called at the end of every task with the worker, its task number and the task's
-# exception (None on success). Used by join() and kill(block=True); must not switch.
+# failure (None on success, on GreenletExit and on a kill). Used by join() and
+# kill(block=True); must not switch.
 _TaskEndWatcher = Callable[[Worker, int, "BaseException | None"], None]
 
 # Returned by submit()'s wrapper when it stored the task's exception in the result,
@@ -478,10 +479,10 @@ class WorkerPool:
             outcome = None
 
             self._busy -= 1
+            error = None
             if self._watchers:
                 for watch in list(self._watchers):
-                    watch(worker, worker.task_no, error)
-            error = None
+                    watch(worker, worker.task_no, failure)
             if failure is not None:
                 if fatal:
                     # gevent re-raises a system error in the main greenlet, switching

@@ -48,6 +48,22 @@ def test_join_raise_error_reraises_a_task_failure() -> None:
     assert pool.join(timeout=5)
 
 
+def test_join_raise_error_ignores_kills_and_normal_ends() -> None:
+    pool = WorkerPool(4)
+
+    def leave() -> None:
+        raise gevent.GreenletExit
+
+    pool.spawn(Event().wait)
+    pool.spawn(leave)
+    gevent.sleep(0)
+    killer = gevent.spawn(pool.kill, block=False)
+    assert pool.join(timeout=5, raise_error=True) is True
+    killer.join()
+    stats = pool.stats()
+    assert (stats.tasks_killed, stats.tasks_completed) == (1, 1)
+
+
 def test_kill_reaches_running_tasks_and_runs_their_finally() -> None:
     pool = WorkerPool(4)
     cleaned: list[int] = []
