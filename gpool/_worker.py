@@ -60,5 +60,5 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
                 callback(self)
 
     def __repr__(self) -> str:
-        state = "busy" if self.busy else ("dead" if self.dead else "idle")
-        return f"<gpool worker at {id(self):#x} {state}, {self.tasks_run} tasks run>"
+        # Names the task, not a state: error reports print this after the task ended.
+        return f"<gpool worker at {id(self):#x}, task #{self.task_no}>"

@@ -44,6 +44,8 @@ def test_idle_workers_are_culled_and_their_greenlets_freed() -> None:
     assert (stats.idle, stats.culled, stats.retired) == (0, 5, 0)
     assert [ref() for ref in refs] == [None] * 5
     assert live_workers() == baseline
+    # Nothing idle, so nothing is scheduled: the culler does not wake periodically.
+    assert pool._cull_timer is None
 
 
 def test_culling_stops_at_min_idle_and_keeps_the_hottest() -> None:
