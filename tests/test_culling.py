@@ -113,3 +113,15 @@ def test_pending_cull_does_not_keep_the_loop_alive() -> None:
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["0.0", "1"]
+
+
+def test_a_dropped_pool_frees_itself_once_its_workers_are_culled() -> None:
+    def use_and_drop() -> weakref.ref[WorkerPool]:
+        pool = WorkerPool(4, max_idle=0.05)
+        pool.submit(lambda: None).get(timeout=5)
+        return weakref.ref(pool)
+
+    baseline = live_workers()
+    dropped = use_and_drop()
+    # Its parked worker keeps it alive for now; culling lets both go.
+    wait_until(lambda: live_workers() == baseline and dropped() is None, what="dropped pool freed")
