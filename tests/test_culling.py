@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import subprocess
 import sys
 import textwrap
@@ -116,12 +117,16 @@ def test_pending_cull_does_not_keep_the_loop_alive() -> None:
 
 
 def test_a_dropped_pool_frees_itself_once_its_workers_are_culled() -> None:
-    def use_and_drop() -> weakref.ref[WorkerPool]:
+    def use_and_drop() -> tuple[weakref.ref[WorkerPool], weakref.ref[object]]:
         pool = WorkerPool(4, max_idle=0.05)
-        pool.submit(lambda: None).get(timeout=5)
-        return weakref.ref(pool)
+        worker = pool.submit(lambda: weakref.ref(getcurrent())).get(timeout=5)
+        return weakref.ref(pool), worker
 
-    baseline = live_workers()
-    dropped = use_and_drop()
+    pool, worker = use_and_drop()
+
     # Its parked worker keeps it alive for now; culling lets both go.
-    wait_until(lambda: live_workers() == baseline and dropped() is None, what="dropped pool freed")
+    def freed() -> bool:
+        gc.collect()
+        return pool() is None and worker() is None
+
+    wait_until(freed, what="dropped pool and its worker freed")
