@@ -12,11 +12,10 @@ def check_count(name: str, value: object, *, minimum: int, allow_none: bool = Fa
     """An int >= *minimum* (or None when *allow_none*)."""
     if value is None and allow_none:
         return None
+    allowed = f"None or an int >= {minimum}" if allow_none else f"an int >= {minimum}"
     if isinstance(value, bool) or not isinstance(value, int):
-        allowed = f"None or an int >= {minimum}" if allow_none else f"an int >= {minimum}"
         raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
     if value < minimum:
-        allowed = f"None or an int >= {minimum}" if allow_none else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {allowed}, got {value!r}")
     return value
 
