@@ -5,10 +5,11 @@ Pass a :class:`WorkerPool` as ``spawn=`` to ``gevent.server.StreamServer`` or
 exists, instead of a new one per connection.
 """
 
+from ._drain import drain
 from ._errors import PoolClosed, PoolError, PoolFull
-from ._pool import WorkerPool
+from ._pool import WorkerPool, detach
 from ._stats import PoolStats
 
-__all__ = ["PoolClosed", "PoolError", "PoolFull", "PoolStats", "WorkerPool", "__version__"]
+__all__ = ["PoolClosed", "PoolError", "PoolFull", "PoolStats", "WorkerPool", "__version__", "detach", "drain"]
 
 __version__ = "0.1.0"

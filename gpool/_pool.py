@@ -14,13 +14,14 @@ from greenlet import getcurrent
 
 from ._errorlog import report
 from ._errors import PoolClosed, PoolFull
+from ._overload import OVERFLOW_POLICIES, OverloadLog, server_connection, turn_away
 from ._ready import ReadyStack
 from ._slots import SlotSignal
 from ._stats import PoolStats
-from ._validate import check_bool, check_count, check_seconds
+from ._validate import check_bool, check_callable, check_choice, check_count, check_seconds
 from ._worker import Worker
 
-__all__ = ["WorkerPool"]
+__all__ = ["WorkerPool", "detach"]
 
 _log = logging.getLogger("gpool")
 
@@ -70,6 +71,17 @@ class WorkerPool:
     :param log_all_errors: also report network errors that only mean the client went
         away (broken pipe, reset, timeout), which otherwise go to the ``gpool`` logger
         at DEBUG.
+    :param overflow: what a server does with a new connection while every slot is
+        busy. ``"backlog"`` (gevent's behaviour): stop accepting until a slot frees, so
+        clients wait in the listen backlog. ``"reject"``: keep accepting and turn the
+        excess away at once: ``pywsgi`` clients get ``503 Service Unavailable`` with
+        ``Retry-After``; other connections go to *on_reject*, then are closed. Counted
+        in ``stats().rejected`` and logged (WARNING) at most once a minute.
+    :param on_reject: with ``overflow="reject"``, called as ``on_reject(socket,
+        address)`` in the hub for each raw TCP connection turned away, before it is
+        closed; it must not block (a short ``socket.send`` is fine).
+    :param max_detached: the most tasks that may hold no slot after :func:`gpool.detach`
+        (long-lived streams); ``None`` (the default) means the same as *size*.
     """
 
     def __init__(
@@ -81,6 +93,9 @@ class WorkerPool:
         max_tasks_per_worker: int | None = None,
         isolate: bool = True,
         log_all_errors: bool = False,
+        overflow: str = "backlog",
+        on_reject: Callable[..., Any] | None = None,
+        max_detached: int | None = None,
     ) -> None:
         self._size = check_count("size", size, minimum=1, allow_none=True)
         self._max_idle = check_seconds("max_idle", max_idle)
@@ -92,6 +107,11 @@ class WorkerPool:
         self._max_tasks = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1, allow_none=True)
         self._isolate = check_bool("isolate", isolate)
         self._log_all_errors = check_bool("log_all_errors", log_all_errors)
+        self._overflow = check_choice("overflow", overflow, OVERFLOW_POLICIES)
+        self._reject = self._overflow == "reject"
+        self._on_reject = check_callable("on_reject", on_reject, allow_none=True)
+        detach_limit = check_count("max_detached", max_detached, minimum=0, allow_none=True)
+        self._max_detached = self._size if detach_limit is None else detach_limit
 
         # The hub is bound on first use, not here: gunicorn builds worker classes (and
         # users build pools) before forking, and no gevent object should exist yet.
@@ -99,6 +119,7 @@ class WorkerPool:
         self._ready: ReadyStack[Worker] = ReadyStack()
         self._workers: set[Worker] = set()
         self._busy = 0
+        self._detached = 0
         self._closed = False
         self._cull_timer: Any = None
         self._slots = SlotSignal(self._has_free_slot, self._get_hub)
@@ -112,6 +133,9 @@ class WorkerPool:
         self._tasks_killed = 0
         self._culled = 0
         self._retired = 0
+        self._rejected = 0
+        self._tasks_detached = 0
+        self._overload_log = OverloadLog()
 
     # -- the gevent server contract -------------------------------------------------
 
@@ -127,10 +151,16 @@ class WorkerPool:
         return self._slots
 
     def full(self) -> bool:
-        """True when no task can start now (every slot taken, or the pool closed).
+        """True when a server should stop accepting: every slot is taken (and the pool
+        queues excess connections, ``overflow="backlog"``), or the pool is closed.
 
         Servers call it in the hub before each accept. Never blocks.
         """
+        if self._reject:
+            return self._closed
+        return self._closed or (self._size is not None and self._busy >= self._size)
+
+    def _no_free_slot(self) -> bool:
         return self._closed or (self._size is not None and self._busy >= self._size)
 
     def free_count(self) -> int:
@@ -159,7 +189,7 @@ class WorkerPool:
         """
         if self._closed:
             raise PoolClosed("wait_available() called on a closed WorkerPool")
-        if self.full():
+        if self._no_free_slot():
             waiter: Waiter = Waiter()
             self._slots.rawlink(waiter.switch)
             try:
@@ -182,7 +212,9 @@ class WorkerPool:
         When the pool is full, a greenlet waits here for a slot, as with
         ``gevent.pool.Pool.spawn``. In the hub, or inside one of this pool's own tasks,
         waiting could hang the loop or deadlock, so :class:`~gpool.PoolFull` is raised
-        instead. Returns None: use :meth:`submit` for the result.
+        instead. With ``overflow="reject"`` nothing waits: a server's connection is
+        turned away (see the class docs) and any other task raises ``PoolFull``.
+        Returns None: use :meth:`submit` for the result.
         """
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
@@ -210,6 +242,9 @@ class WorkerPool:
             if self._size is None or self._busy < self._size:
                 self._start_worker((func, args, kwargs))
                 return
+            if self._reject:
+                self._turn_away(func, args)
+                return
             self._wait_for_slot()
 
     def try_spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
@@ -221,7 +256,7 @@ class WorkerPool:
             raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
         if self._closed:
             raise PoolClosed("try_spawn() called on a closed WorkerPool")
-        if self.full():
+        if self._no_free_slot():
             return False
         self.spawn(func, *args, **kwargs)
         return True
@@ -305,6 +340,35 @@ class WorkerPool:
         finally:
             self._watchers.remove(watch)
 
+    def detach(self) -> None:
+        """Give the running task's slot back to the pool; the task runs on.
+
+        For tasks that turn into long-lived streams (a WebSocket, server-sent events, a
+        hijacked connection): they would otherwise hold a slot for their whole life and
+        starve new clients. Call it from inside a task run by this pool; calling it
+        again is harmless. Detached tasks count in ``stats().detached``, not in
+        ``len(pool)``, so :meth:`join` (and a graceful drain) does not wait for them,
+        but :meth:`kill` still reaches them. At most *max_detached* tasks may be
+        detached at once; past that :class:`~gpool.PoolFull` is raised and the task
+        keeps its slot. See also :func:`gpool.detach`, which finds the pool itself.
+        """
+        worker = getcurrent()
+        if not isinstance(worker, Worker) or worker.owner is not self or not worker.busy:
+            raise RuntimeError("detach() must be called from inside a task running on this WorkerPool")
+        if worker.detached:
+            return
+        limit = self._max_detached
+        if limit is not None and self._detached >= limit:
+            raise PoolFull(
+                f"detach() refused: max_detached={limit} tasks are already detached; this task keeps its slot"
+            )
+        worker.detached = True
+        self._busy -= 1
+        self._detached += 1
+        self._tasks_detached += 1
+        if self._slots.waiting:
+            self._slots.notify()
+
     def close(self) -> None:
         """Stop taking tasks, for good. Idle workers exit now, busy ones after their task.
 
@@ -343,6 +407,9 @@ class WorkerPool:
             tasks_killed=self._tasks_killed,
             culled=self._culled,
             retired=self._retired,
+            rejected=self._rejected,
+            detached=self._detached,
+            tasks_detached=self._tasks_detached,
         )
 
     def __enter__(self) -> WorkerPool:
@@ -358,7 +425,7 @@ class WorkerPool:
         state = "closed" if self._closed else "open"
         return (
             f"<WorkerPool {state} size={self._size} busy={self._busy} "
-            f"idle={len(self._ready)} workers={len(self._workers)}>"
+            f"idle={len(self._ready)} workers={len(self._workers)} overflow={self._overflow!r}>"
         )
 
     # -- internals ----------------------------------------------------------------------
@@ -370,7 +437,19 @@ class WorkerPool:
         return hub
 
     def _has_free_slot(self) -> bool:
-        return not self.full()
+        return not self._no_free_slot()
+
+    def _turn_away(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        connection = server_connection(func, args)
+        if connection is None:
+            raise PoolFull(
+                f"spawn() found all {self._size} slots busy and this pool was built with "
+                "overflow='reject'; only a server's connections are answered for it: "
+                "use try_spawn() to test for a free slot"
+            )
+        self._rejected += 1
+        self._overload_log.note(self._size)
+        turn_away(connection, self._on_reject, self._get_hub())
 
     def _send(self, worker: Worker, item: _Task | None) -> None:
         """Put *item* on a parked worker's channel.
@@ -398,7 +477,7 @@ class WorkerPool:
 
     def _start_worker(self, task: _Task) -> None:
         hub = self._get_hub()
-        worker = Worker(self._work, hub)
+        worker = Worker(self._work, hub, self)
         self._workers.add(worker)
         self._workers_started += 1
         if len(self._workers) > self._peak_workers:
@@ -478,7 +557,16 @@ class WorkerPool:
             worker.kill_exc = None
             outcome = None
 
-            self._busy -= 1
+            crowded = False
+            if worker.detached:
+                worker.detached = False
+                self._detached -= 1
+                # Parking here could leave more idle workers than free slots (others
+                # took the slots this task gave back), and spawn() trusts an idle
+                # worker to mean a free slot.
+                crowded = self._size is not None and self._busy + len(ready) >= self._size
+            else:
+                self._busy -= 1
             error = None
             if self._watchers:
                 for watch in list(self._watchers):
@@ -500,7 +588,7 @@ class WorkerPool:
             # Exit rules: the pool is closed; the recycle limit is reached; the task
             # raised a system error (SystemExit, KeyboardInterrupt), after which this
             # greenlet's state is not to be trusted.
-            if self._closed or fatal or (max_tasks is not None and worker.tasks_run >= max_tasks):
+            if self._closed or fatal or crowded or (max_tasks is not None and worker.tasks_run >= max_tasks):
                 self._retired += 1
                 break
             worker.idle_since = monotonic()  # ready.push(), inlined
@@ -551,6 +639,15 @@ class WorkerPool:
             _log.debug("culled %d idle workers; %d left", len(stale), len(self._workers))
         if not self._closed and len(self._ready) > self._min_idle:
             self._arm_culler()
+
+
+def detach() -> None:
+    """Give the calling task's slot back to its pool: :meth:`WorkerPool.detach`,
+    for code that does not hold the pool (a WebSocket handler, an SSE view)."""
+    worker = getcurrent()
+    if not isinstance(worker, Worker):
+        raise RuntimeError("gpool.detach() must be called from inside a task running on a WorkerPool")
+    worker.owner.detach()
 
 
 def _resolve(result: AsyncResult, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:

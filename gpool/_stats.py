@@ -12,7 +12,8 @@ class PoolStats:
     """What :meth:`gpool.WorkerPool.stats` returns.
 
     Gauges describe this instant; counters only grow over the pool's life. Once the
-    pool is quiet, ``tasks_started == tasks_completed + tasks_failed + tasks_killed``.
+    pool is quiet, ``tasks_started == tasks_completed + tasks_failed + tasks_killed``
+    (rejected connections never start: they are counted apart).
     """
 
     size: int | None
@@ -39,3 +40,9 @@ class PoolStats:
     """Workers retired after idling longer than ``max_idle``."""
     retired: int
     """Workers that exited for any other reason: the recycle limit, ``close()``, a system error."""
+    rejected: int = 0
+    """Connections turned away while full (``overflow="reject"``)."""
+    detached: int = 0
+    """Tasks running now without a slot, after :func:`gpool.detach`."""
+    tasks_detached: int = 0
+    """Tasks ever detached."""

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import math
 from numbers import Real
+from typing import Any, Callable
 
-__all__ = ["check_bool", "check_count", "check_seconds"]
+__all__ = ["check_bool", "check_callable", "check_choice", "check_count", "check_seconds"]
 
 
 def check_count(name: str, value: object, *, minimum: int, allow_none: bool = False) -> int | None:
@@ -34,4 +35,22 @@ def check_bool(name: str, value: object) -> bool:
     """Exactly True or False."""
     if not isinstance(value, bool):
         raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__})")
+    return value
+
+
+def check_choice(name: str, value: object, choices: tuple[str, ...]) -> str:
+    """One of the strings in *choices*."""
+    if not isinstance(value, str) or value not in choices:
+        allowed = " or ".join(repr(choice) for choice in choices)
+        raise ValueError(f"{name} must be {allowed}, got {value!r}")
+    return value
+
+
+def check_callable(name: str, value: object, *, allow_none: bool = False) -> Callable[..., Any] | None:
+    """A callable (or None when *allow_none*)."""
+    if value is None and allow_none:
+        return None
+    if not callable(value):
+        allowed = "None or a callable" if allow_none else "a callable"
+        raise TypeError(f"{name} must be {allowed}, got {value!r} ({type(value).__name__})")
     return value

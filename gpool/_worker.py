@@ -28,16 +28,20 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
     with fresh locals (``__init__`` runs again for ``local`` subclasses).
     """
 
-    __slots__ = ("busy", "channel", "idle_since", "kill_exc", "local_links", "task_no", "tasks_run")
+    __slots__ = ("busy", "channel", "detached", "idle_since", "kill_exc", "local_links", "owner", "task_no", "tasks_run")
 
-    def __init__(self, run: Callable[..., Any], parent: Any) -> None:
+    def __init__(self, run: Callable[..., Any], parent: Any, owner: object) -> None:
         super().__init__(run, parent)
+        # The pool this worker serves: gpool.detach() finds it from getcurrent().
+        self.owner = owner
         self.channel: Channel[Any] = Channel()
         self.idle_since = 0.0
         # task_no counts the tasks handed to this worker; with busy it names the task
         # running now, so a kill aimed at one task never lands on the next one.
         self.task_no = 0
         self.busy = False
+        # True once the running task gave its slot back with detach().
+        self.detached = False
         self.kill_exc: BaseException | None = None
         self.tasks_run = 0
         self.local_links: list[LocalLink] = []

@@ -20,6 +20,9 @@ Suites (each needs its own process: ``test__pywsgi`` monkey-patches at import):
     Every test class of ``gevent.tests.test__pywsgi``, with the module's ``pywsgi``
     name replaced by a stand-in whose ``WSGIServer`` defaults ``spawn`` to a new
     ``WorkerPool``; every other attribute is gevent's ``pywsgi`` itself.
+``pywsgi_gpool_server``
+    The same, with the stand-in's ``WSGIServer`` derived from ``gpool.wsgi.WSGIServer``
+    (keep-alive tracking, its own request reader) instead of gevent's.
 
 Besides the unittest counts, the summary says how many pools were built and how many
 tasks they started, and how many servers were built without one of those pools
@@ -66,6 +69,8 @@ SUITES = {
     "server": ("gevent.tests.test__server", ("TestPoolSpawn",)),
     "server_pywsgi": ("gevent.tests.test__server_pywsgi", ("TestPoolSpawn",)),
     "pywsgi": ("gevent.tests.test__pywsgi", None),
+    # The same module with gpool.wsgi.WSGIServer (and its handler) in place of pywsgi's.
+    "pywsgi_gpool_server": ("gevent.tests.test__pywsgi", None),
 }
 
 # TestPoolSpawn.get_spawn() returns 2, i.e. gevent.pool.Pool(2); test_pool_full
@@ -240,7 +245,11 @@ def _pool_wsgi_server(real: type, registry: Registry, size: int | None) -> type:
 
 
 def _load(
-    module: types.ModuleType, class_names: tuple[str, ...] | None, registry: Registry, pool_size: int | None
+    module: types.ModuleType,
+    class_names: tuple[str, ...] | None,
+    registry: Registry,
+    pool_size: int | None,
+    gpool_server: bool = False,
 ) -> unittest.TestSuite:
     import unittest
 
@@ -249,7 +258,10 @@ def _load(
         # test__pywsgi: the whole module, every server on our pool.
         from gevent import pywsgi
 
-        server_class = _pool_wsgi_server(pywsgi.WSGIServer, registry, pool_size)
+        from gpool import wsgi
+
+        base = wsgi.WSGIServer if gpool_server else pywsgi.WSGIServer
+        server_class = _pool_wsgi_server(base, registry, pool_size)
         module.pywsgi = PywsgiStandIn(pywsgi, server_class)  # type: ignore[attr-defined]
         return loader.loadTestsFromModule(module)
     suite = unittest.TestSuite()
@@ -292,7 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     registry = _baseline_registry() if args.baseline else _workerpool_registry()
     _watch_servers(registry)
     _watch_hub_and_accept_loop(registry)
-    suite = _load(module, class_names, registry, args.pywsgi_pool_size or None)
+    gpool_server = args.suite == "pywsgi_gpool_server"
+    suite = _load(module, class_names, registry, args.pywsgi_pool_size or None, gpool_server)
 
     tests_loaded = suite.countTestCases()
     started_ids: set[str] = set()

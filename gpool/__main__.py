@@ -1,0 +1,7 @@
+"""``python -m gpool``: the same as the ``gpool`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

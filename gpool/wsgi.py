@@ -1,0 +1,134 @@
+"""pywsgi on a WorkerPool, with keep-alive reclamation and graceful drain.
+
+``gpool.wsgi.WSGIServer`` is ``gevent.pywsgi.WSGIServer`` with two additions:
+
+- when its pool is full and a new client waits, it closes the idle keep-alive
+  connection that has waited longest (one parked for its next request, with nothing
+  of that request received), so idle clients cannot starve new ones;
+- :func:`gpool.drain` shuts it down gracefully: keep-alive clients get
+  ``Connection: close``, idle ones are closed, in-flight requests may finish.
+
+Both work with any pool; with a :class:`~gpool.WorkerPool` built with
+``overflow="reject"``, clients that still find no slot get ``503``.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Any
+
+from gevent import pywsgi
+
+from ._idle import IdleConnections
+
+__all__ = ["WSGIHandler", "WSGIServer"]
+
+
+class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]  # gevent ships no stubs
+    """``gevent.pywsgi.WSGIServer`` that frees slots held by idle keep-alive clients.
+
+    Takes the same arguments. ``idle_connections`` holds the connections parked
+    between requests (and counts those reclaimed). A custom *handler_class* should
+    derive from :class:`WSGIHandler` to take part.
+    """
+
+    handler_class = None  # set below, once WSGIHandler exists
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        self.idle_connections = IdleConnections()
+        super().__init__(*args, **kwargs)
+
+    def set_spawn(self, spawn: Any) -> None:
+        super().set_spawn(spawn)
+        if self.pool is not None:
+            # gevent binds pool.full as this server's full(); ours asks it too.
+            self.full = self._full_unless_reclaimed
+
+    def _full_unless_reclaimed(self) -> bool:
+        """The accept loop's check, in the hub, with a client waiting to be accepted."""
+        pool = self.pool
+        full: bool = pool.full()
+        if pool.free_count() == 0 and not getattr(pool, "closed", False) and self.idle_connections.reclaim_oldest():
+            # A slot frees as soon as the reclaimed connection's worker ends; until
+            # then stop accepting: the server resumes when the pool says a slot is free.
+            return True
+        return full
+
+
+class WSGIHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
+    """pywsgi's handler, telling its server when it idles between requests."""
+
+    def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
+        self._reader: _ConnectionReader | None = None
+        self._idle: IdleConnections | None = getattr(server, "idle_connections", None)
+        if rfile is None and self._idle is not None:
+            # Our own reader over the socket (pywsgi takes it as rfile), so we know
+            # whether any byte of a next request has arrived.
+            self._reader = _ConnectionReader(sock)
+            rfile = io.BufferedReader(self._reader)
+        super().__init__(sock, address, server, rfile)
+        self._requests = 0
+
+    def read_requestline(self) -> str:
+        reader, idle = self._reader, self._idle
+        if self._requests and reader is not None and idle is not None and not reader.buffered(self.rfile):
+            # A keep-alive wait with nothing of the next request received yet.
+            if idle.draining:
+                return ""  # end the connection
+            reader.park_during_next_read(idle, self)
+        self._requests += 1
+        line: str = super().read_requestline()
+        return line
+
+    def start_response(self, status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+        idle = self._idle
+        if idle is not None and idle.draining and not any(name.lower() == "connection" for name, _ in headers):
+            headers = [*headers, ("Connection", "close")]
+        return super().start_response(status, headers, exc_info)
+
+
+WSGIServer.handler_class = WSGIHandler
+
+
+class _ConnectionReader(io.RawIOBase):
+    """A raw reader over a gevent socket that can park its connection while blocked."""
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__()
+        self._sock = sock
+        self._probing = False
+        self._park_in: IdleConnections | None = None
+        self._park_key: object = None
+
+    def readable(self) -> bool:
+        return True
+
+    def buffered(self, rfile: io.BufferedReader) -> bool:
+        """True if *rfile* holds unread bytes; never reads the socket."""
+        self._probing = True
+        try:
+            return bool(rfile.peek(1))
+        finally:
+            self._probing = False
+
+    def park_during_next_read(self, idle: IdleConnections, key: object) -> None:
+        self._park_in = idle
+        self._park_key = key
+
+    def readinto(self, buffer: Any) -> int | None:
+        if self._probing:
+            return None  # "would block": peek() reports only what is buffered
+        idle = self._park_in
+        if idle is None:
+            received: int = self._sock.recv_into(buffer)
+            return received
+        self._park_in = None
+        key = self._park_key
+        self._park_key = None
+        if not idle.park(key, self._sock):
+            return 0  # draining: end of stream
+        try:
+            received = self._sock.recv_into(buffer)
+        finally:
+            idle.unpark(key)
+        return received
