@@ -650,6 +650,15 @@ def detach() -> None:
     worker.owner.detach()
 
 
+def current_pool() -> WorkerPool | None:
+    """The WorkerPool running the calling task, or None outside one."""
+    worker = getcurrent()
+    if isinstance(worker, Worker):
+        pool: WorkerPool = worker.owner
+        return pool
+    return None
+
+
 def _resolve(result: AsyncResult, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
     """submit()'s task: run *func* and store its outcome in *result*."""
     try:
