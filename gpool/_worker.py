@@ -28,12 +28,22 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
     with fresh locals (``__init__`` runs again for ``local`` subclasses).
     """
 
-    __slots__ = ("busy", "channel", "detached", "idle_since", "kill_exc", "local_links", "owner", "task_no", "tasks_run")
+    __slots__ = (
+        "busy",
+        "channel",
+        "detached",
+        "idle_since",
+        "kill_exc",
+        "local_links",
+        "owner",
+        "task_no",
+        "tasks_run",
+    )
 
-    def __init__(self, run: Callable[..., Any], parent: Any, owner: object) -> None:
+    def __init__(self, run: Callable[..., Any], parent: Any, owner: Any) -> None:
         super().__init__(run, parent)
         # The pool this worker serves: gpool.detach() finds it from getcurrent().
-        self.owner = owner
+        self.owner: Any = owner
         self.channel: Channel[Any] = Channel()
         self.idle_since = 0.0
         # task_no counts the tasks handed to this worker; with busy it names the task

@@ -19,12 +19,12 @@ from typing import Any
 
 from gevent import pywsgi
 
-from ._idle import IdleConnections
+from ._idle import IdleConnections, ReclaimingServer
 
 __all__ = ["WSGIHandler", "WSGIServer"]
 
 
-class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]  # gevent ships no stubs
+class WSGIServer(ReclaimingServer, pywsgi.WSGIServer):  # type: ignore[misc]  # gevent ships no stubs
     """``gevent.pywsgi.WSGIServer`` that frees slots held by idle keep-alive clients.
 
     Takes the same arguments. ``idle_connections`` holds the connections parked
@@ -32,27 +32,7 @@ class WSGIServer(pywsgi.WSGIServer):  # type: ignore[misc]  # gevent ships no st
     derive from :class:`WSGIHandler` to take part.
     """
 
-    handler_class = None  # set below, once WSGIHandler exists
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        self.idle_connections = IdleConnections()
-        super().__init__(*args, **kwargs)
-
-    def set_spawn(self, spawn: Any) -> None:
-        super().set_spawn(spawn)
-        if self.pool is not None:
-            # gevent binds pool.full as this server's full(); ours asks it too.
-            self.full = self._full_unless_reclaimed
-
-    def _full_unless_reclaimed(self) -> bool:
-        """The accept loop's check, in the hub, with a client waiting to be accepted."""
-        pool = self.pool
-        full: bool = pool.full()
-        if pool.free_count() == 0 and not getattr(pool, "closed", False) and self.idle_connections.reclaim_oldest():
-            # A slot frees as soon as the reclaimed connection's worker ends; until
-            # then stop accepting: the server resumes when the pool says a slot is free.
-            return True
-        return full
+    handler_class: Any = None  # set below, once WSGIHandler exists
 
 
 class WSGIHandler(pywsgi.WSGIHandler):  # type: ignore[misc]

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import gc
+import os
+import weakref
 from collections.abc import Iterator
 from typing import Callable
 
 import gevent
 import gevent.util
 import pytest
+from gevent import socket
+from greenlet import greenlet
 
 from gpool._worker import Worker
 
@@ -49,3 +53,28 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = 
     with gevent.Timeout(timeout, AssertionError(f"{what} not reached within {timeout}s")):
         while not condition():
             gevent.sleep(0.005)
+
+
+def live_greenlets() -> list[greenlet]:
+    gc.collect()
+    return [obj for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead]
+
+
+@pytest.fixture
+def baseline() -> Iterator[None]:
+    """Fail the test if it leaves a file descriptor or a greenlet behind.
+
+    Compared as sets: what existed before may go away meanwhile (an earlier test's
+    pool culling its workers), but nothing new may stay.
+    """
+    # WSGIServer looks up the host's name on gevent's resolver thread, which lives
+    # for the rest of the process: start it before counting.
+    socket.getfqdn("127.0.0.1")
+    fds_before = set(os.listdir("/proc/self/fd"))
+    greenlets_before: weakref.WeakSet[greenlet] = weakref.WeakSet(live_greenlets())
+    yield
+    gevent.sleep(0)
+    new_fds = set(os.listdir("/proc/self/fd")) - fds_before
+    new_greenlets = [g for g in live_greenlets() if g not in greenlets_before]
+    assert not new_fds, f"file descriptors leaked: {sorted(new_fds)}"
+    assert not new_greenlets, f"greenlets leaked: {new_greenlets}"

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any, Callable
 
 import gevent
+from gevent import socket
 from gevent.event import AsyncResult
 
 
@@ -20,3 +23,37 @@ def in_hub(fn: Callable[[], Any]) -> Any:
 
     gevent.get_hub().loop.run_callback(callback)
     return result.get(timeout=5)
+
+
+def connect(server: Any, timeout: float = 10.0) -> Any:
+    # A numeric address and a plain connect(): create_connection() would resolve the
+    # name on gevent's thread pool, whose threads would show up as "leaked" greenlets.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    sock.connect(("127.0.0.1", server.server_port))
+    return sock
+
+
+def exchange(server: Any, payload: bytes, timeout: float = 10.0) -> bytes:
+    with connect(server, timeout) as sock:
+        sock.sendall(payload)
+        chunks = []
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return b"".join(chunks)
+            chunks.append(chunk)
+
+
+@contextmanager
+def running(server: Any) -> Iterator[Any]:
+    """Start *server*; on exit stop it and close its pool, so no worker outlives the test."""
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop(timeout=5)
+        pool = server.pool
+        if pool is not None and hasattr(pool, "close"):
+            pool.close()
+            pool.join(5)

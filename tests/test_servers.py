@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-import gc
-import os
 import subprocess
 import sys
 import textwrap
-import weakref
-from collections.abc import Iterator
 from typing import Any, Callable
 
 import gevent
@@ -17,62 +13,18 @@ from gevent import socket
 from gevent.event import Event
 from gevent.pywsgi import WSGIServer
 from gevent.server import StreamServer
-from greenlet import greenlet
 
 from gpool import WorkerPool
 
+from .helpers import connect, exchange
+
 CLIENTS = 300
-
-
-def live_greenlets() -> list[greenlet]:
-    gc.collect()
-    return [obj for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead]
-
-
-@pytest.fixture
-def baseline() -> Iterator[None]:
-    """Fail the test if it leaves a file descriptor or a greenlet behind.
-
-    Compared as sets: what existed before may go away meanwhile (an earlier test's
-    pool culling its workers), but nothing new may stay.
-    """
-    # WSGIServer looks up the host's name on gevent's resolver thread, which lives
-    # for the rest of the process: start it before counting.
-    socket.getfqdn("127.0.0.1")
-    fds_before = set(os.listdir("/proc/self/fd"))
-    greenlets_before: weakref.WeakSet[greenlet] = weakref.WeakSet(live_greenlets())
-    yield
-    gevent.sleep(0)
-    new_fds = set(os.listdir("/proc/self/fd")) - fds_before
-    new_greenlets = [g for g in live_greenlets() if g not in greenlets_before]
-    assert not new_fds, f"file descriptors leaked: {sorted(new_fds)}"
-    assert not new_greenlets, f"greenlets leaked: {new_greenlets}"
 
 
 def echo(sock: Any, _address: Any) -> None:
     with sock.makefile("rb") as reader:
         line = reader.readline()
     sock.sendall(line)
-
-
-def connect(server: Any, timeout: float = 10.0) -> Any:
-    # A numeric address and a plain connect(): create_connection() would resolve the
-    # name on gevent's thread pool, whose threads would show up as "leaked" greenlets.
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.settimeout(timeout)
-    sock.connect(("127.0.0.1", server.server_port))
-    return sock
-
-
-def exchange(server: Any, payload: bytes, timeout: float = 10.0) -> bytes:
-    with connect(server, timeout) as sock:
-        sock.sendall(payload)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
 
 
 def run_clients(count: int, client: Callable[[int], Any]) -> list[Any]:
