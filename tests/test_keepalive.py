@@ -14,6 +14,7 @@ import gpool
 from gpool import WorkerPool
 from gpool.wsgi import WSGIServer
 
+from .conftest import wait_until
 from .helpers import connect, running
 
 KEEP_ALIVE_GET = b"GET /%s HTTP/1.1\r\nHost: test\r\n\r\n"
@@ -119,7 +120,8 @@ def test_reclamation_never_cuts_a_request_in_progress(baseline: None) -> None:
             assert app.entered.wait(5)
             # The older client has begun its next request: half of it is received.
             partial.sendall(b"GET /second HTTP/1.1\r\nHost: te")
-            gevent.sleep(0.05)  # let the server read those bytes (nothing to wait on)
+            # Reading those bytes takes the connection off the idle list.
+            wait_until(lambda: len(server.idle_connections) == 1, what="partial request read")
             with connect(server, timeout=5) as newcomer:
                 assert request(newcomer, "new")[1] == b"body of /new"
             # Only the truly idle connection was closed.
@@ -213,3 +215,33 @@ def test_drain_works_with_gevents_pool_too(baseline: None) -> None:
             assert read_response(idle) == (b"", b"")
         finally:
             idle.close()
+
+
+def test_with_overflow_reject_an_idle_connection_is_reclaimed_before_anyone_gets_503(baseline: None) -> None:
+    app = App()
+    pool = WorkerPool(2, overflow="reject")
+    with running(WSGIServer(("127.0.0.1", 0), app, spawn=pool, log=None)) as server:
+        (idle,) = keep_alive_clients(server, 1)
+        slow = connect(server, timeout=5)
+        try:
+            slow.sendall(KEEP_ALIVE_GET % b"slow")
+            assert app.entered.wait(5)
+            with connect(server, timeout=5) as newcomer:
+                head, _ = request(newcomer, "new")
+                assert head.startswith(b"HTTP/1.1 200"), head
+                assert read_response(idle) == (b"", b"")
+                # The newcomer starts its next request: now no connection is idle,
+                # and the next client is turned away at once.
+                newcomer.sendall(b"GET /next HTTP/1.1\r\n")
+                wait_until(lambda: len(server.idle_connections) == 0, what="partial request read")
+                with connect(server, timeout=5) as turned_away:
+                    head, _ = request(turned_away, "late")
+                    assert head.startswith(b"HTTP/1.1 503"), head
+                newcomer.sendall(b"Host: test\r\n\r\n")
+                assert read_response(newcomer)[1] == b"body of /next"
+            app.release.set()
+            assert read_response(slow)[1] == b"body of /slow"
+            assert (server.idle_connections.reclaimed, pool.stats().rejected) == (1, 1)
+        finally:
+            idle.close()
+            slow.close()
