@@ -7,9 +7,19 @@ exists, instead of a new one per connection.
 
 from ._drain import drain
 from ._errors import PoolClosed, PoolError, PoolFull
-from ._pool import WorkerPool, detach
+from ._pool import WorkerPool, current_pool, detach
 from ._stats import PoolStats
 
-__all__ = ["PoolClosed", "PoolError", "PoolFull", "PoolStats", "WorkerPool", "__version__", "detach", "drain"]
+__all__ = [
+    "PoolClosed",
+    "PoolError",
+    "PoolFull",
+    "PoolStats",
+    "WorkerPool",
+    "__version__",
+    "current_pool",
+    "detach",
+    "drain",
+]
 
 __version__ = "0.1.0"

@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -272,3 +273,45 @@ def test_monkey_fanout_serve_forever(tmp_path: Path) -> None:
         assert (status, body) == (200, b"hello #7\n")
         code, _ = server.stop(signal.SIGINT)
         assert code == 0, server.stderr_text()
+
+
+# -- flask_app.py -------------------------------------------------------------------------
+
+
+def _get_json(url: str) -> Any:
+    status, ctype, body = _get(url)
+    assert (status, ctype) == (200, "application/json")
+    return json.loads(body)
+
+
+def test_flask_app_routes_and_concurrency(tmp_path: Path) -> None:
+    pytest.importorskip("flask")
+    with run_example("flask_app", "--port", "0", tmp_path=tmp_path) as server:
+        server.wait_ready()
+        base = f"http://{server.host}:{server.port}"
+
+        status, ctype, body = _get(base + "/")
+        assert (status, ctype) == (200, "text/plain")
+        assert b"Flask" in body
+        assert _get_json(base + "/hello/Ada") == {"greeting": "Hello, Ada!"}
+        with pytest.raises(urllib.error.HTTPError) as info:
+            _get(base + "/slow?seconds=99")
+        assert info.value.code == 400
+        info.value.close()
+
+        # A slow request sleeps in plain time.sleep; /pool answers meanwhile and counts
+        # it among the busy tasks, which it could not if the sleep blocked the process.
+        with ThreadPoolExecutor(max_workers=1) as executor:
+            slow = executor.submit(_get_json, base + "/slow?seconds=2")
+            deadline = time.monotonic() + IO_TIMEOUT
+            while True:  # polls until the slow request shows up, each poll a full round trip
+                report = _get_json(base + "/pool")
+                if report["stats"]["busy"] >= 2 or slow.done() or time.monotonic() > deadline:
+                    break
+            assert report["stats"]["busy"] >= 2, report
+            assert report["stats"]["size"] == 1000
+            assert slow.result(timeout=IO_TIMEOUT) == {"slept": 2.0}
+
+        code, rest = server.stop(signal.SIGINT)
+        assert code == 0, server.stderr_text()
+        assert len(rest) == 1 and rest[0].startswith("stopped: "), rest

@@ -1,0 +1,149 @@
+"""Export a :class:`~gpool.WorkerPool`'s stats to Prometheus.
+
+Needs ``prometheus_client``: ``pip install 'gpool[prometheus]'``. Register a pool on
+the default registry and every exposition of that registry (``start_http_server``,
+``make_wsgi_app``, ``generate_latest``) includes it::
+
+    from gpool import WorkerPool
+    from gpool.metrics import register
+
+    pool = WorkerPool(1000)
+    register(pool)  # or register(pool, name="api", registry=my_registry)
+
+Values are read from :meth:`~gpool.WorkerPool.stats` at each scrape, so there is
+nothing to update by hand. Every sample carries the label ``pool`` (the *name* given
+at registration). With the default namespace ``gpool`` the metric names are:
+
+=================================  =======  ==========================================
+metric                             type     ``PoolStats`` field
+=================================  =======  ==========================================
+``gpool_size``                     gauge    ``size`` (``+Inf`` for an unbounded pool)
+``gpool_workers``                  gauge    ``workers``
+``gpool_idle_workers``             gauge    ``idle``
+``gpool_busy_tasks``               gauge    ``busy``
+``gpool_detached_tasks``           gauge    ``detached``
+``gpool_peak_workers``             gauge    ``peak_workers``
+``gpool_workers_started_total``    counter  ``workers_started``
+``gpool_workers_culled_total``     counter  ``culled``
+``gpool_workers_retired_total``    counter  ``retired``
+``gpool_tasks_started_total``      counter  ``tasks_started``
+``gpool_tasks_completed_total``    counter  ``tasks_completed``
+``gpool_tasks_failed_total``       counter  ``tasks_failed``
+``gpool_tasks_killed_total``       counter  ``tasks_killed``
+``gpool_tasks_detached_total``     counter  ``tasks_detached``
+``gpool_rejected_total``           counter  ``rejected``
+=================================  =======  ==========================================
+
+Metric names must be unique within a registry, so a second collector with the same
+namespace cannot join it: export further pools through one collector with
+:meth:`PoolCollector.add` (each gets its own ``pool`` label), or give each its own
+*namespace*.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import TYPE_CHECKING, Iterator
+
+try:
+    from prometheus_client import REGISTRY, CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+except ImportError as exc:  # pragma: no cover - exercised in a subprocess without the extra
+    raise ImportError(
+        "gpool.metrics needs prometheus_client, which is not installed: pip install 'gpool[prometheus]'"
+    ) from exc
+
+from ._stats import PoolStats
+
+if TYPE_CHECKING:
+    from ._pool import WorkerPool
+
+__all__ = ["PoolCollector", "register"]
+
+# (metric name without the namespace, PoolStats field, type, help text). Counter names
+# are given without "_total": prometheus_client appends it to the sample name.
+_METRICS: tuple[tuple[str, str, str, str], ...] = (
+    ("size", "size", "gauge", "Most tasks the pool runs at once (+Inf: unbounded)."),
+    ("workers", "workers", "gauge", "Worker greenlets alive now, idle or busy."),
+    ("idle_workers", "idle", "gauge", "Workers parked on the ready list, waiting for a task."),
+    ("busy_tasks", "busy", "gauge", "Tasks running now and holding a slot."),
+    ("detached_tasks", "detached", "gauge", "Tasks running now without a slot, after gpool.detach()."),
+    ("peak_workers", "peak_workers", "gauge", "The most workers alive at once so far."),
+    ("workers_started", "workers_started", "counter", "Worker greenlets created."),
+    ("workers_culled", "culled", "counter", "Workers retired after idling longer than max_idle."),
+    ("workers_retired", "retired", "counter", "Workers that exited for another reason (recycle limit, close)."),
+    ("tasks_started", "tasks_started", "counter", "Tasks handed to a worker."),
+    ("tasks_completed", "tasks_completed", "counter", "Tasks that returned."),
+    ("tasks_failed", "tasks_failed", "counter", "Tasks that raised."),
+    ("tasks_killed", "tasks_killed", "counter", "Tasks ended by WorkerPool.kill()."),
+    ("tasks_detached", "tasks_detached", "counter", "Tasks that gave their slot back with gpool.detach()."),
+    ("rejected", "rejected", "counter", "Connections turned away while full (overflow='reject')."),
+)
+
+_LABELS = ("pool",)
+
+# Prometheus's rule for metric names; the namespace starts every name.
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+
+
+class PoolCollector:
+    """A ``prometheus_client`` collector for one or more pools' :class:`~gpool.PoolStats`.
+
+    Reads ``stats()`` at every scrape. :meth:`collect` may run on whatever thread serves
+    the scrape; it only reads the pool's counters, which never blocks or switches.
+    """
+
+    def __init__(self, pool: WorkerPool, name: str = "default", namespace: str = "gpool") -> None:
+        if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
+            raise ValueError(f"namespace must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {namespace!r}")
+        self.namespace = namespace
+        self._pools: dict[str, WorkerPool] = {}
+        self.add(pool, name)
+
+    def add(self, pool: WorkerPool, name: str) -> None:
+        """Export *pool* too, labelled ``pool=name``; *name* must be new to this collector."""
+        if not callable(getattr(pool, "stats", None)):
+            raise TypeError(f"pool must have a stats() method (a gpool.WorkerPool), got {pool!r}")
+        if not isinstance(name, str) or not name:
+            raise ValueError(f"name must be a non-empty string, got {name!r}")
+        if name in self._pools:
+            raise ValueError(f"a pool named {name!r} is already exported by this collector")
+        self._pools[name] = pool
+
+    def describe(self) -> Iterator[Metric]:
+        """The metric families, without samples: lets a registry detect name clashes
+        at ``register()`` time without reading any pool."""
+        for suffix, _field, kind, documentation in _METRICS:
+            yield self._family(suffix, kind, documentation)
+
+    def collect(self) -> Iterator[Metric]:
+        """One family per metric, one sample per pool."""
+        # Take each pool's snapshot once, so all families of one scrape agree.
+        snapshots: list[tuple[str, PoolStats]] = [(name, pool.stats()) for name, pool in self._pools.items()]
+        for suffix, field, kind, documentation in _METRICS:
+            family = self._family(suffix, kind, documentation)
+            for name, stats in snapshots:
+                value = getattr(stats, field)
+                family.add_metric([name], math.inf if value is None else float(value))
+            yield family
+
+    def _family(self, suffix: str, kind: str, documentation: str) -> CounterMetricFamily | GaugeMetricFamily:
+        name = f"{self.namespace}_{suffix}"
+        if kind == "counter":
+            return CounterMetricFamily(name, documentation, labels=_LABELS)
+        return GaugeMetricFamily(name, documentation, labels=_LABELS)
+
+    def __repr__(self) -> str:
+        return f"<PoolCollector namespace={self.namespace!r} pools={sorted(self._pools)}>"
+
+
+def register(
+    pool: WorkerPool, name: str = "default", registry: CollectorRegistry | None = None, namespace: str = "gpool"
+) -> PoolCollector:
+    """Build a :class:`PoolCollector` for *pool* and register it on *registry*
+    (prometheus_client's default ``REGISTRY`` when None); return the collector, which
+    ``registry.unregister()`` takes back."""
+    collector = PoolCollector(pool, name, namespace)
+    (REGISTRY if registry is None else registry).register(collector)
+    return collector
