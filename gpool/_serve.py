@@ -121,7 +121,7 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
         type=int,
         default=1,
         metavar="N",
-        help="processes; N > 1 runs N gunicorn workers of class gpool.workers.GPoolWorker "
+        help="processes; N > 1 runs N gunicorn workers of gpool's pywsgi worker class "
         "(needs gpool[gunicorn]) (default: %(default)s)",
     )
     parser.add_argument(
@@ -423,12 +423,19 @@ def _run_gunicorn(args: argparse.Namespace) -> int:
         ) from None
     status: int = run_gunicorn(
         args.app or DEMO_APP,
-        bind=f"{args.bind.host}:{args.bind.port}",
+        bind=_gunicorn_bind(args.bind),
         workers=args.workers,
         size=args.size,
         max_idle=args.max_idle,
         min_idle=args.min_idle,
         overflow=args.overflow,
         log_level=args.log_level,
+        graceful_timeout=args.graceful_timeout,
     )
     return status
+
+
+def _gunicorn_bind(address: Address) -> str:
+    # gunicorn wants an IPv6 literal in brackets, as in a URL.
+    host = f"[{address.host}]" if ":" in address.host else address.host
+    return f"{host}:{address.port}"

@@ -38,7 +38,7 @@ IO_TIMEOUT = 10.0
 
 SERVING = re.compile(
     r"^gpool: serving http://(?P<host>[^:]+):(?P<port>\d+) "
-    r"\(pool size (?P<size>\d+), overflow (?P<overflow>\w+); Ctrl-C to stop\)$"
+    r"\(pool size (?P<size>\d+), overflow (?P<overflow>\w+)(?:, (?P<workers>\d+) workers)?; Ctrl-C to stop\)$"
 )
 ACCESS_LINE = re.compile(r'"GET / HTTP/1\.1" 200 ')
 
@@ -191,8 +191,12 @@ def _pump(stream: IO[str], lines: queue.Queue[str | None]) -> None:
 
 
 @contextmanager
-def serving(launcher: str, *args: str, cwd: Path) -> Iterator[Server]:
-    """Start ``gpool serve ARGS`` and wait until it listens; kill it on the way out."""
+def serving(launcher: str, *args: str, cwd: Path, new_session: bool = False) -> Iterator[Server]:
+    """Start ``gpool serve ARGS`` and wait until it listens; kill it on the way out.
+
+    With *new_session* it leads its own process group, as a command typed in a
+    terminal does: a Ctrl-C there reaches every process of the group.
+    """
     proc = subprocess.Popen(
         command(launcher, "--bind", "127.0.0.1:0", *args),
         cwd=cwd,
@@ -202,6 +206,7 @@ def serving(launcher: str, *args: str, cwd: Path) -> Iterator[Server]:
         stderr=subprocess.PIPE,
         text=True,
         encoding="utf-8",
+        start_new_session=new_session,
     )
     try:
         server = Server(proc)
@@ -209,7 +214,10 @@ def serving(launcher: str, *args: str, cwd: Path) -> Iterator[Server]:
         yield server
     finally:
         if proc.poll() is None:
-            proc.kill()
+            if new_session:
+                os.killpg(proc.pid, signal.SIGKILL)
+            else:
+                proc.kill()
         proc.wait(timeout=EXIT_TIMEOUT)
         for stream in (proc.stdout, proc.stderr):
             if stream is not None:
@@ -350,6 +358,32 @@ def test_app_module_served_and_drained(app_dir: Path, launcher: str, spec: str, 
         assert rest == []
     assert any("0 task(s) killed" in line for line in server.stderr_lines), server.stderr_text()
     assert "Warning" not in server.stderr_text()
+
+
+def test_several_workers_serve_and_ctrl_c_drains(app_dir: Path) -> None:
+    """--workers 2: gunicorn's engine with gpool's worker; Ctrl-C (SIGINT to the whole
+    process group, as a terminal sends it) still lets a request in flight finish."""
+    with serving("module", "served_app", "--workers", "2", cwd=app_dir, new_session=True) as server:
+        assert server.banner["workers"] == "2"
+        # gunicorn loses a signal that reaches a worker still booting: wait for both.
+        for _ in range(2):
+            server.wait_stderr("Worker serving")
+        assert server.request("GET", "/")[2] == b"hello from the app module"
+        upload = http.client.HTTPConnection(server.host, server.port, timeout=IO_TIMEOUT)
+        try:
+            upload.putrequest("POST", "/upload")
+            upload.putheader("Content-Length", "10")
+            upload.endheaders(b"first")
+            assert server.stdout_line() == "upload started"
+            os.killpg(server.proc.pid, signal.SIGINT)
+            server.wait_stderr("Handling signal: int")
+            upload.send(b"-last")
+            response = upload.getresponse()
+            assert (response.status, response.read()) == (200, b"got 10 bytes: first-last")
+        finally:
+            upload.close()
+        code, _ = server.wait_exit()
+        assert code == 0, server.stderr_text()
 
 
 def test_second_signal_cuts_the_drain_short(app_dir: Path) -> None:

@@ -1,0 +1,456 @@
+"""gunicorn worker classes that serve every connection on a reused greenlet.
+
+Two classes, matching gunicorn's own gevent workers, each running one
+:class:`~gpool.WorkerPool` per listening socket instead of a ``gevent.pool.Pool``::
+
+    gunicorn -k gpool.workers.GPoolWorker app:app         # like -k gevent
+    gunicorn -k gpool.workers.GPoolPyWSGIWorker app:app   # like -k gevent_pywsgi
+
+``GPoolWorker`` parses requests with gunicorn's HTTP parser on a ``StreamServer``;
+``GPoolPyWSGIWorker`` runs gevent's ``pywsgi`` (:class:`gpool.wsgi.WSGIServer`).
+Both need ``pip install 'gpool[gunicorn]'``.
+
+Settings
+--------
+
+gunicorn's ``worker_connections`` (``--worker-connections``, default 1000) is the pool's
+``size``. The other pool options come from environment variables, set in the shell or
+with gunicorn's own ``--env NAME=VALUE`` (``raw_env`` in a config file); ``--env`` wins.
+Unset or empty means the default.
+
+- ``GPOOL_MAX_IDLE``: ``max_idle``, seconds a worker greenlet may idle before it is
+  retired; a number > 0, default 10.
+- ``GPOOL_MIN_IDLE``: ``min_idle``, idle worker greenlets kept however long they idle;
+  an int from 0 to ``worker_connections``, default 0.
+- ``GPOOL_OVERFLOW``: ``overflow``, ``backlog`` (default: clients wait in the listen
+  queue while the pool is full) or ``reject`` (they get ``503`` at once).
+- ``GPOOL_MAX_DETACHED``: ``max_detached``, most requests detached with
+  :func:`gpool.detach`; an int >= 0, default ``worker_connections``.
+
+A bad value stops the worker from booting, so the master exits (status 3) after one
+error line naming the variable, the value and what is allowed.
+
+Behaviour
+---------
+
+- When the pool is full and a client waits to be accepted, the idle keep-alive
+  connection that has waited longest for its next request is closed to free its slot.
+  A request in progress is never cut.
+- ``overflow=reject``: a client that still finds no slot gets ``503 Service
+  Unavailable`` with ``Retry-After`` (over TLS, ``GPoolWorker`` just closes it).
+- SIGTERM (and a worker restart: HUP, ``max_requests``): graceful drain with
+  :func:`gpool.drain`: stop accepting, ``Connection: close`` to keep-alive clients,
+  close idle connections, let requests in flight finish for up to
+  ``graceful_timeout`` seconds, then kill the rest.
+- SIGQUIT and SIGINT: gunicorn's fast exit; requests in flight are cut.
+- Messages of the ``gpool`` logger go to gunicorn's error log, unless logging is
+  configured for it already.
+
+Importing this module creates no gevent object: gunicorn imports the worker class in
+the master, before it forks.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from functools import partial
+from time import monotonic
+from typing import Any, Callable, Mapping, NamedTuple
+
+import gevent
+import gunicorn  # type: ignore[import-untyped]
+from gevent import GreenletExit
+from gevent.event import Event
+from gevent.server import StreamServer
+from gevent.socket import wait_read
+from greenlet import getcurrent
+from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
+from gunicorn.http.body import ChunkedReader, LengthReader  # type: ignore[import-untyped]
+from gunicorn.http.wsgi import base_environ  # type: ignore[import-untyped]
+from gunicorn.sock import ssl_context  # type: ignore[import-untyped]
+from gunicorn.workers.base_async import AsyncWorker  # type: ignore[import-untyped]
+from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler  # type: ignore[import-untyped]
+
+from . import __version__
+from ._drain import drain
+from ._idle import IdleConnections, ReclaimingServer, _peek
+from ._overload import _answer_503
+from ._pool import WorkerPool
+from .wsgi import WSGIHandler, WSGIServer
+
+__all__ = [
+    "GPoolPyWSGIHandler",
+    "GPoolPyWSGIServer",
+    "GPoolPyWSGIWorker",
+    "GPoolWorker",
+]
+
+SERVER_SOFTWARE = f"gpool/{__version__} gevent/{gevent.__version__} gunicorn/{gunicorn.__version__}"
+
+# How often the main greenlet tells the master it is alive (gunicorn's workers do it
+# every second; the master kills a worker silent for `timeout` seconds).
+_HEARTBEAT = 1.0
+
+
+# -- settings ---------------------------------------------------------------------------
+
+
+class _SettingError(ValueError):
+    """A GPOOL_* variable (or worker_connections) that WorkerPool does not accept."""
+
+
+class _Setting(NamedTuple):
+    variable: str
+    option: str
+    parse: Callable[[str], Any]
+    allowed: str  # for values that do not even parse; WorkerPool words the rest
+
+
+_SETTINGS = (
+    _Setting("GPOOL_MAX_IDLE", "max_idle", float, "a positive, finite number of seconds"),
+    _Setting("GPOOL_MIN_IDLE", "min_idle", int, "an int >= 0"),
+    _Setting("GPOOL_OVERFLOW", "overflow", str, "'backlog' or 'reject'"),
+    _Setting("GPOOL_MAX_DETACHED", "max_detached", int, "an int >= 0"),
+)
+
+
+def _pool_options(environ: Mapping[str, str], size: int) -> dict[str, Any]:
+    """The WorkerPool keyword options set by GPOOL_* variables in *environ*.
+
+    Each value is parsed, then checked by building a WorkerPool with it (which creates
+    no gevent object), so the rules are gpool's own. Raises :class:`_SettingError` with
+    one line naming the variable, its value and what is allowed.
+    """
+    _check_with_pool(f"worker_connections={size!r}", size, {})
+    options: dict[str, Any] = {}
+    for setting in _SETTINGS:
+        raw = environ.get(setting.variable, "").strip()
+        if not raw:
+            continue
+        try:
+            value = setting.parse(raw)
+        except ValueError:
+            raise _SettingError(f"{setting.variable}={raw!r}: {setting.option} must be {setting.allowed}") from None
+        _check_with_pool(f"{setting.variable}={raw!r}", size, {setting.option: value})
+        options[setting.option] = value
+    return options
+
+
+def _check_with_pool(label: str, size: int, options: dict[str, Any]) -> None:
+    try:
+        WorkerPool(size, **options)
+    except (TypeError, ValueError) as exc:
+        raise _SettingError(f"{label}: {exc}") from None
+
+
+# -- what both workers share ------------------------------------------------------------
+
+
+class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type information
+    """gunicorn's gevent worker, with a WorkerPool per listener and a graceful drain.
+
+    From ``GeventWorker`` it keeps monkey-patching, the parent check in ``notify``,
+    the signal handling (SIGQUIT/SIGINT exit at once from a greenlet) and the
+    keep-alive timeout; ``run`` is its own.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        # Runs in the master, before the fork: plain attributes only.
+        super().__init__(*args, **kwargs)
+        self.pool_options: dict[str, Any] = {}
+        self._wake_on_exit: Any = None
+
+    def init_process(self) -> None:
+        # Before patching and loading the app: a bad setting should cost nothing.
+        # gunicorn applies --env to os.environ only later in this call, so merge it here.
+        _route_gpool_log(self.log)
+        environ = {**os.environ, **(self.cfg.env or {})}
+        try:
+            self.pool_options = _pool_options(environ, self.worker_connections)
+        except _SettingError as exc:
+            self.log.error("%s", exc)
+            # The master stops (rather than respawning forever) on this status.
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        super().init_process()
+
+    def run(self) -> None:
+        servers = []
+        for listener in self.sockets:
+            listener.setblocking(1)
+            server = self.make_server(listener, self.make_pool())
+            server.start()
+            servers.append(server)
+        options = "".join(f", {name}={value!r}" for name, value in self.pool_options.items())
+        # Also tells that signals are handled now (a signal sent earlier in the boot is lost).
+        self.log.info(
+            "Worker serving (pid: %s): WorkerPool(%s%s) per listener", self.pid, self.worker_connections, options
+        )
+        stop_requested = Event()
+        self._wake_on_exit = gevent.get_hub().loop.async_()
+        self._wake_on_exit.start(stop_requested.set)
+        try:
+            while self.alive:
+                self.notify()
+                if stop_requested.wait(_HEARTBEAT):
+                    stop_requested.clear()
+        finally:
+            # Forgotten before it is closed: a signal may arrive in between.
+            wake, self._wake_on_exit = self._wake_on_exit, None
+            wake.close()
+        self.drain(servers)
+
+    def handle_exit(self, sig: int, frame: Any) -> None:
+        super().handle_exit(sig, frame)
+        # Start draining now, not at the next heartbeat: the master's graceful_timeout
+        # runs from the signal. A signal handler may interrupt any greenlet, even the
+        # hub, so it only pokes an async watcher, which is safe anywhere.
+        wake = self._wake_on_exit
+        if wake is not None:
+            wake.send()
+
+    def make_pool(self) -> WorkerPool:
+        return WorkerPool(self.worker_connections, **self.pool_options)
+
+    def make_server(self, listener: Any, pool: WorkerPool) -> Any:
+        raise NotImplementedError
+
+    def ssl_args(self) -> dict[str, Any]:
+        return {"ssl_context": ssl_context(self.cfg)} if self.cfg.is_ssl else {}
+
+    def drain(self, servers: list[Any]) -> None:
+        """Graceful stop: :func:`gpool.drain`, telling the master we live meanwhile."""
+        timeout = self.cfg.graceful_timeout
+        self.log.info("Worker draining (pid: %s): in-flight requests get up to %s s", self.pid, timeout)
+        heartbeat = gevent.spawn(self._heartbeat)
+        try:
+            drain(servers, timeout)
+        finally:
+            heartbeat.kill(block=False)
+
+    def _heartbeat(self) -> None:
+        # A restart (HUP, max_requests) drains while the master still watches the
+        # heartbeat; without it a long drain would be killed as a hung worker.
+        while True:
+            self.notify()
+            gevent.sleep(_HEARTBEAT)
+
+
+def _route_gpool_log(log: Any) -> None:
+    """Send the ``gpool`` logger's records to gunicorn's error log, unless configured."""
+    gpool_log = logging.getLogger("gpool")
+    error_log = getattr(log, "error_log", None)
+    if gpool_log.handlers or not isinstance(error_log, logging.Logger):
+        return
+    for handler in error_log.handlers:
+        gpool_log.addHandler(handler)
+    gpool_log.setLevel(error_log.level)
+    gpool_log.propagate = False
+
+
+# -- StreamServer and gunicorn's HTTP parser --------------------------------------------
+
+
+class _ReclaimingStreamServer(ReclaimingServer, StreamServer):  # type: ignore[misc]
+    """gevent's StreamServer that closes idle keep-alive connections when full.
+
+    *serve* is called as ``serve(idle_connections, client, address)`` for each client.
+    """
+
+    def __init__(self, listener: Any, serve: Callable[[IdleConnections, Any, Any], None], **kwargs: Any) -> None:
+        self._serve = serve
+        super().__init__(listener, handle=self._serve_client, **kwargs)
+
+    def _serve_client(self, client: Any, address: Any) -> None:
+        self._serve(self.idle_connections, client, address)
+
+
+class _Connection:
+    """What GPoolWorker tracks for the connection a worker greenlet serves."""
+
+    __slots__ = ("deadline", "idle")
+
+    def __init__(self, idle: IdleConnections) -> None:
+        self.idle = idle
+        # Set after a keep-alive wait: when gunicorn's keep-alive timeout runs out.
+        self.deadline: float | None = None
+
+
+class GPoolWorker(_PoolWorker):
+    """``-k gpool.workers.GPoolWorker``: a StreamServer on a WorkerPool, requests parsed
+    by gunicorn (what ``-k gevent`` does with a ``gevent.pool.Pool``).
+
+    Between keep-alive requests, while nothing of the next request has arrived, the
+    connection waits parked in its server's ``idle_connections``, from where a full
+    pool may close it for a new client; gunicorn's keep-alive timeout still applies.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # Keyed by the worker greenlet serving the connection.
+        self._connections: dict[Any, _Connection] = {}
+
+    def make_pool(self) -> WorkerPool:
+        if self.pool_options.get("overflow") == "reject" and not self.cfg.is_ssl:
+            # A plain StreamServer has no answer for clients turned away; give them
+            # the pywsgi server's 503. (Over TLS they are just closed.)
+            return WorkerPool(self.worker_connections, **self.pool_options, on_reject=_answer_busy)
+        return super().make_pool()
+
+    def make_server(self, listener: Any, pool: WorkerPool) -> Any:
+        serve = partial(self._serve_connection, listener)
+        server = _ReclaimingStreamServer(listener, serve, spawn=pool, **self.ssl_args())
+        if self.cfg.workers > 1:
+            # As gunicorn's gevent worker: one accept per wake-up spreads clients
+            # over the worker processes.
+            server.max_accept = 1
+        return server
+
+    def _serve_connection(self, listener: Any, idle: IdleConnections, client: Any, addr: Any) -> None:
+        current = getcurrent()
+        self._connections[current] = _Connection(idle)
+        try:
+            self.handle(listener, client, addr)
+        finally:
+            # The greenlet goes on to serve other connections.
+            self._connections.pop(current, None)
+
+    def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
+        try:
+            # Not GeventWorker's version: it hides whether the connection stays open.
+            served: bool = AsyncWorker.handle_request(self, listener_name, req, sock, addr)
+        except (GreenletExit, SystemExit):
+            # A kill (the end of a drain) or a timeout abort, which gunicorn's gevent
+            # worker swallows here. The response may be cut short: end the connection.
+            raise StopIteration from None
+        if served:
+            self._await_next_request(req, sock)
+        return served
+
+    def timeout_ctx(self) -> Any:
+        connection = self._connections.get(getcurrent())
+        deadline = None if connection is None else connection.deadline
+        if connection is None or deadline is None:
+            return super().timeout_ctx()
+        connection.deadline = None
+        # gunicorn's keep-alive timeout covers the wait for the next request and the
+        # reading of its head; the wait is over, the head gets what is left.
+        return gevent.Timeout(max(deadline - monotonic(), 0.0), False)
+
+    def _await_next_request(self, req: Any, sock: Any) -> None:
+        """After a response on a keep-alive connection: wait, parked, for the first byte
+        of the next request. Returns to let gunicorn read it; raises StopIteration to
+        end the connection (keep-alive timeout, hung up to free the slot, draining)."""
+        connection = self._connections.get(getcurrent())
+        keepalive = self.cfg.keepalive
+        if connection is None or not keepalive or not _between_requests(req, sock):
+            return  # gunicorn reads on under its own keep-alive timeout
+        idle = connection.idle
+        if not self.alive or idle.draining:
+            # Shutting down: serve a request already arriving (with Connection: close,
+            # gunicorn's rule once not alive), wait for no other.
+            if _peek(sock) != "arriving":
+                raise StopIteration()
+            return
+        deadline = monotonic() + keepalive
+        if not idle.park(sock, sock):
+            raise StopIteration()
+        try:
+            arrived = _wait_readable(sock, keepalive)
+        except GreenletExit:
+            raise StopIteration from None
+        finally:
+            idle.unpark(sock)
+        if not arrived:
+            raise StopIteration()  # keep-alive timeout, as gunicorn's
+        connection.deadline = deadline
+
+
+def _between_requests(req: Any, sock: Any) -> bool:
+    """True when the previous request is read to its end and nothing of the next one
+    is buffered: in gunicorn's parser, or decrypted and waiting in a TLS socket."""
+    reader = getattr(getattr(req, "body", None), "reader", None)
+    if isinstance(reader, LengthReader):
+        consumed = reader.length == 0
+    elif isinstance(reader, ChunkedReader):
+        consumed = reader.parser is None
+    else:
+        consumed = False  # an unknown reader: never take the connection for idle
+    if not consumed:
+        return False
+    buffered = getattr(getattr(req, "unreader", None), "buf", None)
+    if buffered is None:
+        return False
+    with buffered.getbuffer() as view:
+        if view.nbytes:
+            return False
+    pending = getattr(sock, "pending", None)
+    return not (pending is not None and pending())
+
+
+def _wait_readable(sock: Any, timeout: float) -> bool:
+    """Wait for bytes, end of stream or an error on *sock*; False after *timeout*."""
+    try:
+        wait_read(sock.fileno(), timeout=timeout)
+    except socket.timeout:
+        return False
+    return True
+
+
+def _answer_busy(sock: Any, address: Any) -> None:
+    """``on_reject`` for GPoolWorker: answer 503 like the pywsgi server does.
+
+    Called in the hub, where nothing may block, and the server closes *sock* as soon
+    as this returns: the answer goes over a duplicate, from a bare greenlet.
+    """
+    try:
+        spare = sock.dup()
+    except OSError:
+        return  # gone already
+    gevent.spawn_raw(_answer_503, _close_socket, (spare, address))
+
+
+def _close_socket(sock: Any, _address: Any) -> None:
+    sock.close()
+
+
+# -- pywsgi -----------------------------------------------------------------------------
+
+
+class GPoolPyWSGIHandler(WSGIHandler, PyWSGIHandler):  # type: ignore[misc]
+    """gpool's pywsgi handler (parks idle keep-alive connections, ``Connection: close``
+    when draining) with gunicorn's access log and ``environ`` additions."""
+
+
+class GPoolPyWSGIServer(WSGIServer):
+    """:class:`gpool.wsgi.WSGIServer` serving with :class:`GPoolPyWSGIHandler`."""
+
+    handler_class = GPoolPyWSGIHandler
+
+
+class GPoolPyWSGIWorker(_PoolWorker):
+    """``-k gpool.workers.GPoolPyWSGIWorker``: gevent's pywsgi on a WorkerPool (what
+    ``-k gevent_pywsgi`` does with a ``gevent.pool.Pool``).
+
+    As with ``gevent_pywsgi``, pywsgi keeps connections alive by its own rules and
+    gunicorn's ``keepalive`` does not apply; idle keep-alive connections are closed
+    when the pool is full and a new client waits.
+    """
+
+    server_class = GPoolPyWSGIServer
+    wsgi_handler = GPoolPyWSGIHandler
+
+    def make_server(self, listener: Any, pool: WorkerPool) -> Any:
+        environ = base_environ(self.cfg)
+        environ.update({"wsgi.multithread": True, "SERVER_SOFTWARE": SERVER_SOFTWARE})
+        return self.server_class(
+            listener,
+            application=self.wsgi,
+            spawn=pool,
+            log=self.log,
+            handler_class=self.wsgi_handler,
+            environ=environ,
+            **self.ssl_args(),
+        )
