@@ -431,7 +431,8 @@ def test_run_gunicorn_serves_the_demo_app_in_two_workers(tmp_path: Path) -> None
         # handlers is lost (gunicorn's fork inherits the master's).
         master.wait_for_log("Worker serving", count=2)
         assert "WorkerPool(10, max_idle=5.0, min_idle=0, overflow='backlog')" in master.log()
-        assert GPOOL_PYWSGI_WORKER in master.log()
+        # gpool serve's worker: GPoolPyWSGIWorker, leaving Ctrl-C to the master.
+        assert "Using worker: gpool._gunicorn_app.ServeWorker" in master.log()
         status, _headers, body = master.get("/")
         assert (status, body.startswith(b"Hello from gpool")) == (200, True)
         stats = json.loads(master.get("/stats")[2])

@@ -34,7 +34,13 @@ def alt_names() -> list[str]:
     return [name + ALT_SUFFIX for name in STRATEGIES if name.startswith("gpool")]
 
 
+# Not a strategy: the dispatch scenario's reference, a bare hand-off with no pool at all.
+FLOOR_LABEL = "floor: bare greenlet hand-off"
+
+
 def label(name: str) -> str:
+    if name == "floor":
+        return FLOOR_LABEL
     if name.endswith(ALT_SUFFIX):
         return LABELS[name[: -len(ALT_SUFFIX)]] + " [alt]"
     return LABELS[name]
