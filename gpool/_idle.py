@@ -17,7 +17,7 @@ from typing import Any, Callable
 
 from gevent.monkey import get_original
 
-__all__ = ["IdleConnections", "ReclaimingServer", "client_waiting"]
+__all__ = ["IdleConnections", "ReclaimingServer", "client_waiting", "connection_state"]
 
 _log = logging.getLogger("gpool")
 
@@ -76,7 +76,7 @@ class IdleConnections:
         stream and ends its task). Runs in the hub; never blocks.
         """
         for key, sock in list(self._parked.items()):
-            state = _peek(sock)
+            state = connection_state(sock)
             if state == "arriving":
                 continue  # Its next request is here; its worker is about to wake.
             del self._parked[key]
@@ -92,7 +92,7 @@ class IdleConnections:
         self.draining = True
         closed = 0
         for key, sock in list(self._parked.items()):
-            if _peek(sock) == "arriving":
+            if connection_state(sock) == "arriving":
                 continue  # Served, with Connection: close.
             del self._parked[key]
             _hang_up(sock)
@@ -100,7 +100,7 @@ class IdleConnections:
         return closed
 
 
-def _peek(sock: Any) -> str:
+def connection_state(sock: Any) -> str:
     """ "idle" (nothing received), "arriving" (bytes waiting) or "gone" (EOF, error)."""
     raw = getattr(sock, "_sock", sock)  # gevent's socket wraps the real one
     try:

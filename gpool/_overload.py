@@ -21,7 +21,7 @@ from typing import Any, Callable
 
 from gevent import Timeout, spawn_raw
 
-__all__ = ["OVERFLOW_POLICIES", "OverloadLog", "server_connection", "turn_away"]
+__all__ = ["OVERFLOW_POLICIES", "OverloadLog", "answer_503", "server_connection", "turn_away"]
 
 _log = logging.getLogger("gpool")
 
@@ -73,7 +73,7 @@ def turn_away(connection: ServerConnection, on_reject: Callable[..., Any] | None
             close(*conn_args)
     elif _is_wsgi_server(getattr(handle, "__self__", None)):
         # Reading the request takes a greenlet; a bare one, outside the pool.
-        spawn_raw(_answer_503, close, conn_args)
+        spawn_raw(answer_503, close, conn_args)
     else:
         close(*conn_args)
 
@@ -84,7 +84,8 @@ def _is_wsgi_server(server: object) -> bool:
     return isinstance(server, WSGIServer)
 
 
-def _answer_503(close: Callable[..., Any], conn_args: tuple[Any, ...]) -> None:
+def answer_503(close: Callable[..., Any], conn_args: tuple[Any, ...]) -> None:
+    """In a greenlet of its own: read the request head, answer 503, then close."""
     sock = conn_args[0]
     try:
         with Timeout(_READ_TIMEOUT, False):

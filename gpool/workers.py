@@ -76,8 +76,8 @@ from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler  # type: ignore
 
 from . import __version__
 from ._drain import drain
-from ._idle import IdleConnections, ReclaimingServer, _peek
-from ._overload import _answer_503
+from ._idle import IdleConnections, ReclaimingServer, connection_state
+from ._overload import answer_503
 from ._pool import WorkerPool
 from .wsgi import WSGIHandler, WSGIServer
 
@@ -351,7 +351,7 @@ class GPoolWorker(_PoolWorker):
         if not self.alive or idle.draining:
             # Shutting down: serve a request already arriving (with Connection: close,
             # gunicorn's rule once not alive), wait for no other.
-            if _peek(sock) != "arriving":
+            if connection_state(sock) != "arriving":
                 raise StopIteration()
             return
         deadline = monotonic() + keepalive
@@ -409,7 +409,7 @@ def _answer_busy(sock: Any, address: Any) -> None:
         spare = sock.dup()
     except OSError:
         return  # gone already
-    gevent.spawn_raw(_answer_503, _close_socket, (spare, address))
+    gevent.spawn_raw(answer_503, _close_socket, (spare, address))
 
 
 def _close_socket(sock: Any, _address: Any) -> None:
