@@ -6,6 +6,8 @@
 - ``mark``: say ``MARK`` with the CPU seconds used so far and the requests answered;
 - ``probe``: say ``PROBE`` with the resident set size, the greenlets alive, the
   connections being served now and the pool's stats (for the memory scenario);
+- ``trim``: return freed memory to the system (``malloc_trim``), say ``TRIM`` with the
+  resident set size then;
 - end of input: stop the server and say ``DONE`` with the final counters.
 
 The two kinds of server:
@@ -118,6 +120,19 @@ def count_greenlets() -> int:
     return sum(1 for obj in gc.get_objects() if isinstance(obj, greenlet) and not obj.dead)
 
 
+def trimmed_rss_kb() -> int:
+    """RSS after a full collection and after asking malloc to return its free memory to
+    the system: what is still live, as opposed to what the allocator keeps for reuse."""
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc
+        pass
+    return rss_kb()
+
+
 def pool_stats(spawn: Any) -> dict[str, Any] | None:
     if hasattr(spawn, "stats"):
         return dict(vars(spawn.stats()))
@@ -174,6 +189,8 @@ def main(argv: list[str] | None = None) -> int:
                     "pool": pool_stats(spawn),
                 },
             )
+        elif command == "trim":
+            say("TRIM", {"rss_kb": trimmed_rss_kb()})
         else:
             say("ERROR", {"unknown command": command})
 

@@ -1,0 +1,215 @@
+"""``gpool bench``: its options, and the run from start to report.
+
+This process only orchestrates: it starts servers, load generators and the dispatch
+measurement as child processes, reads what they say, and reports. It never runs a
+gevent hub, so nothing it does competes with what is measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import sys
+import time
+from typing import Any, Callable
+
+from .chart import write_chart
+from .load import LoadGenerator, choose_load
+from .machine import describe_machine
+from .procs import ChildFailed, Pinning, kill_all
+from .report import add_summaries, format_report, write_json
+from .scenarios import CHURN, SCENARIOS, Progress, Settings, run_churn, run_dispatch, run_memory
+from .strategies import STRATEGIES, alt_names
+from .targets import evaluate
+
+__all__ = ["configure", "run"]
+
+# Settings that --quick changes, unless given explicitly: (full run, quick run).
+_DEFAULTS: dict[str, tuple[Any, Any]] = {
+    "rounds": (5, 2),
+    "duration": (5.0, 1.0),
+    "warmup": (1.0, 0.0),
+    "memory_connections": (10000, 1000),
+    "memory_rounds": (3, 1),
+    "max_idle": (1.0, 0.5),
+    "dispatch_rounds": (31, 9),
+    "retries": (2, 0),
+}
+
+
+def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse(text: str) -> Any:
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        if not value > 0:
+            raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+def _not_negative(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _not_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+    return value
+
+
+def _gpool_copy(text: str) -> str:
+    if not os.path.isfile(os.path.join(text, "gpool", "__init__.py")):
+        raise argparse.ArgumentTypeError(f"no gpool package in {text!r} (expected {text}/gpool/__init__.py)")
+    return os.path.abspath(text)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    """Add the options of ``gpool bench`` to *parser*."""
+    parser.description = (
+        "Compare gpool.WorkerPool with gevent's default spawn and gevent.pool.Pool: servers in child "
+        "processes pinned to one CPU, load from wrk (or a built-in generator) on another. Prints tables, "
+        "writes a JSON file and a PNG chart."
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="a smoke run in under a minute: fewer, shorter rounds")
+    add("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
+        help=f"run this scenario (repeatable; default: all): {', '.join(SCENARIOS)}")  # fmt: skip
+    add("--strategy", action="append", choices=STRATEGIES, metavar="NAME",
+        help=f"compare this strategy (repeatable; default: all): {', '.join(STRATEGIES)}")  # fmt: skip
+    add("--rounds", type=_positive(int), help="rounds of the churn scenarios (default 5; quick 2)")
+    add("--duration", type=_positive(float), help="seconds of measured load per run (default 5; quick 1)")
+    add("--warmup", type=_not_negative, help="seconds of discarded load before each run (default 1; quick 0)")
+    add("--connections", type=_positive(int), default=50, help="concurrent client connections (default 50)")
+    add("--memory-connections", type=_positive(int), metavar="N",
+        help="connections held open in the memory scenario (default 10000; quick 1000)")  # fmt: skip
+    add("--memory-rounds", type=_positive(int), metavar="N", help="rounds of the memory scenario (default 3; quick 1)")
+    add("--max-idle", type=_positive(float), metavar="SECONDS",
+        help="the WorkerPools' max_idle in the memory scenario (default 1; quick 0.5)")  # fmt: skip
+    add("--tasks", type=_positive(int), default=1000, help="dispatch: tasks per batch (default 1000)")
+    add("--dispatch-rounds", type=_positive(int), metavar="N", help="dispatch: rounds (default 31; quick 9)")
+    add("--max-other-load", type=_not_negative, default=0.1, metavar="FRACTION",
+        help="repeat a churn run when other work took more than this share of the server CPU (0.1)")  # fmt: skip
+    add("--retries", type=_not_negative_int, metavar="N",
+        help="how often to run a noisy run again (default 2; quick 0)")  # fmt: skip
+    add("--load", choices=("auto", "wrk", "builtin"), default="auto",
+        help="load generator: wrk, the built-in one, or wrk when installed (default)")  # fmt: skip
+    add("--json", metavar="PATH", default="gpool-bench.json", help="write every figure here (default %(default)s)")
+    add("--png", metavar="PATH", default="gpool-bench.png", help="write the chart here (default %(default)s)")
+    add("--server-cpu", default="0", metavar="CPUS", help="taskset CPU list for servers (default 0)")
+    add("--client-cpu", default="1", metavar="CPUS", help="taskset CPU list for the load (default 1)")
+    add("--nice", type=int, default=-10, metavar="N",
+        help="niceness of servers and load where permitted (root); default -10, 0: unchanged")  # fmt: skip
+    add("--alt", type=_gpool_copy, metavar="PATH",
+        help="also run the WorkerPool strategies of a modified gpool copy in PATH/gpool, as NAME@alt")  # fmt: skip
+    parser.set_defaults(run=run)
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    resolved = {
+        key: getattr(args, key) if getattr(args, key) is not None else pair[1 if args.quick else 0]
+        for key, pair in _DEFAULTS.items()
+    }
+    chosen = set(args.scenario or SCENARIOS)
+    if "latency" in chosen and not chosen & {"tcp-churn", "wsgi-churn"}:
+        chosen.add("tcp-churn")  # latency is measured during churn
+    strategies = list(args.strategy or STRATEGIES)
+    strategies = sorted(set(strategies), key=STRATEGIES.index)
+    if args.alt:
+        strategies += alt_names()
+    return Settings(
+        scenarios=tuple(name for name in SCENARIOS if name in chosen),
+        strategies=tuple(strategies),
+        connections=args.connections,
+        tasks=args.tasks,
+        alt=args.alt,
+        quick=args.quick,
+        max_other_load=args.max_other_load,
+        **resolved,
+    )
+
+
+def _on_sigterm(_signo: int, _frame: Any) -> None:
+    raise SystemExit(143)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the benchmark; 0 when every run went well (targets are not checked here)."""
+    settings = settings_from(args)
+    pinning = Pinning(args.server_cpu, args.client_cpu, args.nice)
+    load_kind, load_note = choose_load(args.load)
+    load = LoadGenerator(load_kind, pinning, settings.connections)
+    for note in (pinning.note, load_note):
+        if note:
+            Progress.line(f"note: {note}")
+    if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _on_sigterm)
+    steps = sum(
+        settings.rounds * len(settings.strategies) if name in CHURN else
+        1 if name == "dispatch" else
+        settings.memory_rounds * len(settings.strategies) if name == "memory" else 0
+        for name in settings.scenarios
+    )  # fmt: skip
+    progress = Progress(steps)
+    report: dict[str, Any] = {
+        "machine": describe_machine(settings.alt),
+        "settings": {**vars(settings), "connections": settings.connections},
+        "pinning": pinning.describe(),
+        "load": load_kind,
+        "argv": sys.argv,
+        "scenarios": {},
+    }
+    Progress.line(
+        f"gpool bench: {', '.join(settings.scenarios)}; strategies {', '.join(settings.strategies)}; "
+        f"{pinning.describe()}; load {load_kind}"
+    )
+    started = time.monotonic()
+    problems: list[str] = []
+    try:
+        for name in settings.scenarios:
+            if name in CHURN:
+                result = run_churn(name, settings, load, pinning, progress)
+                problems += result.pop("problems")
+            elif name == "dispatch":
+                result = run_dispatch(settings, pinning, progress)
+            elif name == "memory":
+                result = run_memory(settings, pinning, progress)
+            else:
+                continue  # latency: reported from the churn runs
+            report["scenarios"][name] = result
+    except ChildFailed as exc:
+        problems.append(f"aborted: {exc}")
+        Progress.line(f"gpool bench: {exc}")
+    except KeyboardInterrupt:
+        Progress.line("gpool bench: interrupted")
+        return 130
+    finally:
+        kill_all()
+    report["elapsed_s"] = time.monotonic() - started
+    report["problems"] = problems
+    add_summaries(report["scenarios"])
+    report["targets"] = evaluate(report["scenarios"])
+    print(format_report(report), flush=True)
+    if args.json:
+        write_json(report, args.json)
+        Progress.line(f"wrote {args.json}")
+    if args.png:
+        if write_chart(report, args.png):
+            Progress.line(f"wrote {args.png}")
+        else:
+            Progress.line("note: no chart: matplotlib is not installed (pip install 'gpool[bench]')")
+    return 1 if problems else 0

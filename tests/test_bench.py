@@ -1,0 +1,158 @@
+"""``gpool bench``: the figures it computes, its options, and one tiny run end to end.
+
+The end-to-end test uses the built-in load generator, so it needs neither wrk nor a
+second CPU; it checks that every part answers, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gpool._bench import main
+from gpool._bench.command import settings_from
+from gpool._bench.load import parse_wrk
+from gpool._bench.scenarios import rotated
+from gpool._bench.stats import latency_bucket, merge_histograms, paired_ratio, percentile_ms, summarize
+from gpool._bench.targets import evaluate
+
+
+def test_summarize_gives_medians_and_ratios_against_pool_and_default() -> None:
+    values = {"default": [8.0, 10.0, 12.0], "pool": [10.0, 20.0, 30.0], "gpool": [30.0, 25.0, 40.0]}
+    s = summarize(values)
+    assert s["gpool"]["median"] == 30.0
+    assert (s["gpool"]["min"], s["gpool"]["max"]) == (25.0, 40.0)
+    assert s["gpool"]["vs_pool"] == pytest.approx(1.5)
+    assert s["gpool"]["vs_default"] == pytest.approx(3.0)
+    assert s["pool"]["vs_pool"] == 1.0
+    # Round by round: 3.0, 1.25, 1.333...; their median.
+    assert s["gpool"]["paired_vs_pool"] == pytest.approx(4 / 3)
+
+
+def test_ratios_are_left_out_without_their_reference() -> None:
+    s = summarize({"gpool": [1.0, 2.0]})
+    assert "vs_pool" not in s["gpool"] and "vs_default" not in s["gpool"]
+    assert math.isnan(paired_ratio([1.0], [0.0]))
+
+
+def test_latency_histogram_percentiles_are_within_a_bucket() -> None:
+    # 1 ms x 98, 10 ms x 2, split over two generator processes.
+    first = {latency_bucket(1000.0): 50}
+    second = {latency_bucket(1000.0): 48, latency_bucket(10000.0): 2}
+    hist = merge_histograms([first, second])
+    assert sum(hist.values()) == 100
+    assert percentile_ms(hist, 50) == pytest.approx(1.0, rel=0.01)
+    assert percentile_ms(hist, 99) == pytest.approx(10.0, rel=0.01)
+    assert math.isnan(percentile_ms({}, 50))
+
+
+def test_rounds_rotate_the_order_of_strategies() -> None:
+    names = ["a", "b", "c"]
+    assert [rotated(names, r) for r in range(4)] == [["a", "b", "c"], ["b", "c", "a"], ["c", "a", "b"], names]
+
+
+WRK_REPORT = """Running 5s test @ http://127.0.0.1:40000/
+  1 threads and 50 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency     2.91ms  453.12us  12.02ms   93.10%
+    Req/Sec    17.26k     1.01k   18.61k    82.00%
+  Latency Distribution
+     50%    2.85ms
+     75%    2.99ms
+     90%    3.21ms
+     99%  812.00us
+  85866 requests in 5.00s, 9.91MB read
+  Socket errors: connect 0, read 12, write 0, timeout 0
+Requests/sec:  17172.63
+Transfer/sec:      1.98MB
+"""
+
+
+def test_wrk_report_is_read() -> None:
+    figures = parse_wrk(WRK_REPORT)
+    assert figures["requests"] == 85866
+    assert figures["rps"] == pytest.approx(17172.63)
+    assert figures["elapsed_s"] == pytest.approx(5.0)
+    assert figures["errors"] == {"connect": 0, "read": 12, "write": 0, "timeout": 0}
+    assert figures["non_2xx"] == 0
+    assert figures["p50_ms"] == pytest.approx(2.85)
+    assert figures["p99_ms"] == pytest.approx(0.812)
+
+
+def test_targets_compare_the_isolated_worker_pool() -> None:
+    scenarios = {
+        "tcp-churn": {"summary": {"rps": summarize({"default": [100.0], "pool": [110.0], "gpool": [140.0]})}},
+        "dispatch": {"summary": {"us_per_task": summarize({"pool": [30.0], "gpool": [9.0]})}},
+    }
+    results = {t["target"]: t for t in evaluate(scenarios)}
+    assert results["raw-TCP churn req/s vs Pool"]["met"] is True  # 1.27x
+    assert results["raw-TCP churn req/s vs default spawn"]["met"] is True  # 1.4x
+    assert results["dispatch us/task vs Pool"]["met"] is False  # 0.3x
+    assert "pywsgi churn req/s vs Pool" not in results  # not run
+
+
+def _parse(*argv: str) -> object:
+    from gpool._bench import add_bench_parser
+    from gpool.cli import _OneLineErrors
+
+    parser = _OneLineErrors(prog="gpool")
+    add_bench_parser(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
+    return parser.parse_args(["bench", *argv])
+
+
+def test_quick_changes_only_what_is_not_given() -> None:
+    quick = settings_from(_parse("--quick", "--rounds", "4"))  # type: ignore[arg-type]
+    assert (quick.rounds, quick.duration, quick.memory_connections) == (4, 1.0, 1000)
+    full = settings_from(_parse("--scenario", "latency", "--strategy", "gpool", "--strategy", "pool"))  # type: ignore[arg-type]
+    assert full.scenarios == ("tcp-churn", "latency")  # latency is measured during churn
+    assert full.strategies == ("pool", "gpool")
+    assert (full.rounds, full.memory_connections) == (5, 10000)
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--rounds", "0"], ["--duration", "x"], ["--scenario", "nope"], ["--load", "ab"], ["--alt", "/nonexistent"]],
+)
+def test_bad_options_exit_with_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exc:
+        main(argv)
+    assert exc.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("gpool bench: error:") and len(err.strip().splitlines()) == 1
+
+
+def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -> None:
+    out = tmp_path / "bench.json"
+    argv = [
+        *("--load", "builtin", "--strategy", "pool", "--strategy", "gpool"),
+        *("--scenario", "tcp-churn", "--scenario", "wsgi-keepalive", "--scenario", "dispatch", "--scenario", "memory"),
+        *("--rounds", "1", "--duration", "0.5", "--warmup", "0", "--connections", "8"),
+        *("--dispatch-rounds", "1", "--tasks", "100"),
+        *("--memory-connections", "50", "--memory-rounds", "1", "--max-idle", "0.2"),
+        *("--json", str(out), "--png", str(tmp_path / "bench.png")),
+    ]
+    done = subprocess.run(
+        [sys.executable, "-m", "gpool", "bench", *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "raw-TCP churn req/s vs Pool" in done.stdout  # the targets table
+    report = json.loads(out.read_text())
+    for name in ("tcp-churn", "wsgi-keepalive"):
+        runs = report["scenarios"][name]["runs"]
+        assert set(runs) == {"pool", "gpool"}
+        assert all(
+            run["requests"] > 0 and run["server_handled"] >= run["requests"] for rs in runs.values() for run in rs
+        )
+    dispatch = report["scenarios"]["dispatch"]["summary"]["us_per_task"]
+    assert set(dispatch) == {"pool", "gpool", "floor"}
+    memory = report["scenarios"]["memory"]["runs"]["gpool"][0]
+    assert memory["connections"] == 50
+    assert memory["greenlets_held"] >= memory["greenlets_start"] + 50
+    assert memory["greenlets_after"] == memory["greenlets_start"]  # culled
+    assert memory["pool_after"]["workers"] == 0
+    assert report["problems"] == []
