@@ -131,9 +131,9 @@ def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -
     argv = [
         *("--load", "builtin", "--strategy", "pool", "--strategy", "gpool"),
         *("--scenario", "tcp-churn", "--scenario", "wsgi-keepalive", "--scenario", "dispatch", "--scenario", "memory"),
-        *("--rounds", "1", "--duration", "0.5", "--warmup", "0", "--connections", "8"),
+        *("--rounds", "1", "--duration", "0.3", "--warmup", "0", "--connections", "8", "--retries", "0"),
         *("--dispatch-rounds", "1", "--tasks", "100"),
-        *("--memory-connections", "50", "--memory-rounds", "1", "--max-idle", "0.2"),
+        *("--memory-connections", "50", "--memory-rounds", "1", "--max-idle", "0.1"),
         *("--json", str(out), "--png", str(tmp_path / "bench.png")),
     ]
     done = subprocess.run(

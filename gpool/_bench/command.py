@@ -32,8 +32,8 @@ _DEFAULTS: dict[str, tuple[Any, Any]] = {
     "warmup": (1.0, 0.0),
     "memory_connections": (10000, 1000),
     "memory_rounds": (3, 1),
-    "max_idle": (1.0, 0.5),
-    "dispatch_rounds": (31, 9),
+    "max_idle": (1.0, 0.3),
+    "dispatch_rounds": (31, 5),
     "retries": (2, 0),
 }
 
@@ -99,9 +99,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="connections held open in the memory scenario (default 10000; quick 1000)")  # fmt: skip
     add("--memory-rounds", type=_positive(int), metavar="N", help="rounds of the memory scenario (default 3; quick 1)")
     add("--max-idle", type=_positive(float), metavar="SECONDS",
-        help="the WorkerPools' max_idle in the memory scenario (default 1; quick 0.5)")  # fmt: skip
+        help="the WorkerPools' max_idle in the memory scenario (default 1; quick 0.3)")  # fmt: skip
     add("--tasks", type=_positive(int), default=1000, help="dispatch: tasks per batch (default 1000)")
-    add("--dispatch-rounds", type=_positive(int), metavar="N", help="dispatch: rounds (default 31; quick 9)")
+    add("--dispatch-rounds", type=_positive(int), metavar="N", help="dispatch: rounds (default 31; quick 5)")
     add("--max-other-load", type=_not_negative, default=0.1, metavar="FRACTION",
         help="repeat a churn run when other work took more than this share of the server CPU (0.1)")  # fmt: skip
     add("--retries", type=_not_negative_int, metavar="N",
