@@ -21,11 +21,11 @@ TEST_TIMEOUT = 30.0
 
 
 class TestTimedOut(BaseException):
-    """Raised in a test that ran past TEST_TIMEOUT; carries every greenlet's stack."""
+    """Raised in a test that ran past its time bound; carries every greenlet's stack."""
 
     def __init__(self) -> None:
         super().__init__(
-            f"test still running after {TEST_TIMEOUT}s; greenlets:\n" + "\n".join(gevent.util.format_run_info())
+            "test still running past its time bound; greenlets:\n" + "\n".join(gevent.util.format_run_info())
         )
 
 

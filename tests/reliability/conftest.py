@@ -1,0 +1,58 @@
+"""The reliability suite: sustained load, faults, isolation and model-based tests.
+
+Every test here is marked ``reliability`` (``pytest -m reliability`` runs just these).
+Their volume scales with ``GPOOL_RELIABILITY_SCALE``: 1 (the default) is the load the
+README's figures come from and CI runs; tox's matrix uses a small fraction; a soak
+takes a larger factor, e.g. ``GPOOL_RELIABILITY_SCALE=20``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+
+import gevent
+import pytest
+
+from ..conftest import TestTimedOut
+
+_SCALE_VARIABLE = "GPOOL_RELIABILITY_SCALE"
+
+
+def _read_scale() -> float:
+    text = os.environ.get(_SCALE_VARIABLE, "1")
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = math.nan
+    if not math.isfinite(scale) or scale <= 0:
+        raise pytest.UsageError(f"{_SCALE_VARIABLE} must be a positive number (1 = the CI load), got {text!r}")
+    return scale
+
+
+SCALE = _read_scale()
+
+
+def scaled(count: int, minimum: int = 1) -> int:
+    """*count* (the CI load) times GPOOL_RELIABILITY_SCALE, never below *minimum*."""
+    return max(minimum, round(count * SCALE))
+
+
+@pytest.fixture(autouse=True)
+def _bounded() -> Iterator[None]:
+    """Replaces the suite-wide 30 s bound: these tests run longer, and longer still
+    when scaled up for a soak."""
+    timeout = gevent.Timeout(240 * max(SCALE, 1.0), TestTimedOut)
+    timeout.start()
+    try:
+        yield
+    finally:
+        timeout.close()
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    here = os.path.dirname(__file__)
+    for item in items:
+        if str(item.path).startswith(here):
+            item.add_marker(pytest.mark.reliability)
