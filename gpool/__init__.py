@@ -6,11 +6,12 @@ exists, instead of a new one per connection.
 """
 
 from ._drain import drain
-from ._errors import PoolClosed, PoolError, PoolFull
+from ._errors import DeadlineExceeded, PoolClosed, PoolError, PoolFull
 from ._pool import WorkerPool, current_pool, detach
 from ._stats import PoolStats
 
 __all__ = [
+    "DeadlineExceeded",
     "PoolClosed",
     "PoolError",
     "PoolFull",

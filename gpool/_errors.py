@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["PoolClosed", "PoolError", "PoolFull"]
+__all__ = ["DeadlineExceeded", "PoolClosed", "PoolError", "PoolFull"]
 
 
 class PoolError(RuntimeError):
@@ -20,3 +20,12 @@ class PoolFull(PoolError):
 
 class PoolClosed(PoolError):
     """Raised when a task is offered to a pool after :meth:`~gpool.WorkerPool.close`."""
+
+
+class DeadlineExceeded(BaseException):
+    """Raised inside a task that ran past its pool's ``hard_deadline``.
+
+    A ``BaseException``, like ``gevent.Timeout`` and ``GreenletExit``, so the task's
+    own ``except Exception`` clauses do not swallow it; ``finally`` blocks still run.
+    The pool counts the task as killed and retires the worker it ran on.
+    """

@@ -95,17 +95,31 @@ def run_gunicorn(
     log_level: str,
     worker_class: str = SERVE_WORKER,
     graceful_timeout: float = 30.0,
+    soft_deadline: float | None = None,
+    hard_deadline: float | None = None,
 ) -> int:
     """Serve *app* ("module:attribute" or "module"; None: gpool's demo app) with gunicorn.
 
-    *size* is each worker's ``worker_connections``; *max_idle*, *min_idle* and
-    *overflow* reach its WorkerPool as ``GPOOL_*`` variables. *graceful_timeout* is
+    *size* is each worker's ``worker_connections``; *max_idle*, *min_idle*, *overflow*
+    and the deadlines reach its WorkerPool as ``GPOOL_*`` variables. *graceful_timeout* is
     rounded up to whole seconds, gunicorn's unit. Blocks until the master exits and
     returns its exit status (0 after SIGTERM or SIGINT; both drain). Raises TypeError/ValueError,
     from WorkerPool, for pool options it would refuse, before starting anything.
     """
     # Refuse bad options here, once, rather than in every worker after the fork.
-    WorkerPool(size, max_idle=max_idle, min_idle=min_idle, overflow=overflow)
+    WorkerPool(
+        size,
+        max_idle=max_idle,
+        min_idle=min_idle,
+        overflow=overflow,
+        soft_deadline=soft_deadline,
+        hard_deadline=hard_deadline,
+    )
+    environment = [f"GPOOL_MAX_IDLE={max_idle!r}", f"GPOOL_MIN_IDLE={min_idle}", f"GPOOL_OVERFLOW={overflow}"]
+    if soft_deadline is not None:
+        environment.append(f"GPOOL_SOFT_DEADLINE={soft_deadline!r}")
+    if hard_deadline is not None:
+        environment.append(f"GPOOL_HARD_DEADLINE={hard_deadline!r}")
     settings: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
@@ -113,11 +127,7 @@ def run_gunicorn(
         "worker_connections": size,
         "graceful_timeout": math.ceil(graceful_timeout),
         "loglevel": log_level,
-        "raw_env": [
-            f"GPOOL_MAX_IDLE={max_idle!r}",
-            f"GPOOL_MIN_IDLE={min_idle}",
-            f"GPOOL_OVERFLOW={overflow}",
-        ],
+        "raw_env": environment,
     }
     settings["when_ready"] = lambda arbiter: _announce(arbiter, workers, size, overflow)
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):

@@ -19,6 +19,7 @@ from ._ready import ReadyStack
 from ._slots import SlotSignal
 from ._stats import PoolStats
 from ._validate import check_bool, check_callable, check_choice, check_count, check_seconds
+from ._watchdog import NOT_STARTED, Watchdog
 from ._worker import Worker
 
 __all__ = ["WorkerPool", "detach"]
@@ -82,6 +83,14 @@ class WorkerPool:
         closed; it must not block (a short ``socket.send`` is fine).
     :param max_detached: the most tasks that may hold no slot after :func:`gpool.detach`
         (long-lived streams); ``None`` (the default) means the same as *size*.
+    :param soft_deadline: seconds a task may run before its stack is logged (once, at
+        WARNING, on the ``gpool`` logger) to show where it is stuck; ``None`` (the
+        default) turns it off.
+    :param hard_deadline: seconds a task may run before :class:`~gpool.DeadlineExceeded`
+        is raised in it and its worker is retired once it ends; ``None`` (the default)
+        turns it off. Must exceed *soft_deadline* when both are set. Both deadlines are
+        checked by one timer per pool (to within a tenth of the shorter one); detached
+        tasks are exempt, and a task that never yields to the hub cannot be caught.
     """
 
     def __init__(
@@ -96,6 +105,8 @@ class WorkerPool:
         overflow: str = "backlog",
         on_reject: Callable[..., Any] | None = None,
         max_detached: int | None = None,
+        soft_deadline: float | None = None,
+        hard_deadline: float | None = None,
     ) -> None:
         self._size = check_count("size", size, minimum=1, allow_none=True)
         self._max_idle = check_seconds("max_idle", max_idle)
@@ -112,6 +123,13 @@ class WorkerPool:
         self._on_reject = check_callable("on_reject", on_reject, allow_none=True)
         detach_limit = check_count("max_detached", max_detached, minimum=0, allow_none=True)
         self._max_detached = self._size if detach_limit is None else detach_limit
+        soft = None if soft_deadline is None else check_seconds("soft_deadline", soft_deadline)
+        hard = None if hard_deadline is None else check_seconds("hard_deadline", hard_deadline)
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(
+                f"soft_deadline must be less than hard_deadline ({hard_deadline!r}), got {soft_deadline!r}"
+            )
+        self._watchdog = None if soft is None and hard is None else Watchdog(soft, hard)
 
         # The hub is bound on first use, not here: gunicorn builds worker classes (and
         # users build pools) before forking, and no gevent object should exist yet.
@@ -383,6 +401,8 @@ class WorkerPool:
         for worker in self._ready.pop_all():
             self._retired += 1
             self._send(worker, None)
+        if self._watchdog is not None and not self._busy and not self._detached:
+            self._watchdog.stop()
         if self._hub is not None:
             # Wake greenlets waiting for a slot so they see PoolClosed.
             self._slots.wake_all()
@@ -410,6 +430,8 @@ class WorkerPool:
             rejected=self._rejected,
             detached=self._detached,
             tasks_detached=self._tasks_detached,
+            tasks_overdue=0 if self._watchdog is None else self._watchdog.overdue,
+            tasks_timed_out=0 if self._watchdog is None else self._watchdog.timed_out,
         )
 
     def __enter__(self) -> WorkerPool:
@@ -477,6 +499,8 @@ class WorkerPool:
 
     def _start_worker(self, task: _Task) -> None:
         hub = self._get_hub()
+        if self._watchdog is not None and not self._watchdog.running:
+            self._watchdog.start(hub, self._workers)
         worker = Worker(self._work, hub, self)
         self._workers.add(worker)
         self._workers_started += 1
@@ -515,19 +539,24 @@ class WorkerPool:
         ready = self._ready
         slots = self._slots
         get_task = worker.channel.get
+        watched = self._watchdog is not None
         fatal = False
         while task is not None:
             func, args, kwargs = task
             task = None
             error: BaseException | None = None
+            if watched:
+                worker.started = monotonic()
             try:
                 outcome = func(*args, **kwargs)
             except BaseException as exc:  # noqa: BLE001 - every outcome is accounted for
                 error = exc
                 outcome = None
-            # No switch may happen between the task's end and this line: kill()
-            # decides whether a worker is inside a task by this flag.
+            # No switch may happen between the task's end and this line: kill() and
+            # the watchdog decide whether a worker is inside a task by this flag.
             worker.busy = False
+            if watched:
+                worker.started = NOT_STARTED
             worker.tasks_run += 1
             # Drop the task's references (sockets, requests) before parking: an idle
             # greenlet must not keep a client's connection alive.
@@ -586,9 +615,15 @@ class WorkerPool:
                 slots.notify()
 
             # Exit rules: the pool is closed; the recycle limit is reached; the task
-            # raised a system error (SystemExit, KeyboardInterrupt), after which this
-            # greenlet's state is not to be trusted.
-            if self._closed or fatal or crowded or (max_tasks is not None and worker.tasks_run >= max_tasks):
+            # raised a system error (SystemExit, KeyboardInterrupt) or the watchdog
+            # killed it, after which this greenlet's state is not to be trusted.
+            if (
+                self._closed
+                or fatal
+                or crowded
+                or worker.doomed
+                or (max_tasks is not None and worker.tasks_run >= max_tasks)
+            ):
                 self._retired += 1
                 break
             worker.idle_since = monotonic()  # ready.push(), inlined
@@ -607,6 +642,8 @@ class WorkerPool:
                     # not die there, so it notes the stray and parks again.
                     _log.debug("idle worker %r ignored a stray %r", worker, stray)
         self._workers.discard(worker)
+        if self._closed and not self._workers and self._watchdog is not None:
+            self._watchdog.stop()
 
     def _throw_into(
         self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException

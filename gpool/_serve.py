@@ -20,6 +20,7 @@ import importlib
 import logging
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -45,7 +46,15 @@ _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 _BACKLOG = 1024
 # WorkerPool's option names, as they start its TypeError/ValueError messages, and the
 # flags that set them.
-_FLAGS = {"size": "--size", "max_idle": "--max-idle", "min_idle": "--min-idle", "overflow": "--overflow"}
+_FLAGS = {
+    "size": "--size",
+    "max_idle": "--max-idle",
+    "min_idle": "--min-idle",
+    "overflow": "--overflow",
+    "soft_deadline": "--soft-deadline",
+    "hard_deadline": "--hard-deadline",
+}
+_OPTION_NAMES = re.compile(r"\b(?:" + "|".join(_FLAGS) + r")\b")
 
 
 class Address(NamedTuple):
@@ -115,6 +124,20 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="{backlog,reject}",
         help="when all --size slots are busy: 'backlog' leaves new clients waiting in the listen "
         "queue, 'reject' answers them 503 at once (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--soft-deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="log the stack of a request still running after this long, once (default: off)",
+    )
+    parser.add_argument(
+        "--hard-deadline",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="kill a request still running after this long, closing its connection (default: off)",
     )
     parser.add_argument(
         "--workers",
@@ -198,16 +221,21 @@ def _build_pool(args: argparse.Namespace) -> WorkerPool:
     object until it first runs a task.
     """
     try:
-        return WorkerPool(args.size, max_idle=args.max_idle, min_idle=args.min_idle, overflow=args.overflow)
+        return WorkerPool(
+            args.size,
+            max_idle=args.max_idle,
+            min_idle=args.min_idle,
+            overflow=args.overflow,
+            soft_deadline=args.soft_deadline,
+            hard_deadline=args.hard_deadline,
+        )
     except (TypeError, ValueError) as exc:
         raise _Refused(f"{_flag_message(str(exc))}{_HINT}") from None
 
 
 def _flag_message(message: str) -> str:
-    """Name the flag rather than the keyword argument: "--max-idle must be ..."."""
-    option, space, rest = message.partition(" ")
-    flag = _FLAGS.get(option)
-    return f"{flag}{space}{rest}" if flag else message
+    """Name the flags rather than the keyword arguments: "--max-idle must be ..."."""
+    return _OPTION_NAMES.sub(lambda match: _FLAGS[match.group(0)], message)
 
 
 # -- loading the app ------------------------------------------------------------------
@@ -431,6 +459,8 @@ def _run_gunicorn(args: argparse.Namespace) -> int:
         overflow=args.overflow,
         log_level=args.log_level,
         graceful_timeout=args.graceful_timeout,
+        soft_deadline=args.soft_deadline,
+        hard_deadline=args.hard_deadline,
     )
     return status
 

@@ -46,3 +46,7 @@ class PoolStats:
     """Tasks running now without a slot, after :func:`gpool.detach`."""
     tasks_detached: int = 0
     """Tasks ever detached."""
+    tasks_overdue: int = 0
+    """Tasks that ran past ``soft_deadline`` (their stack was logged)."""
+    tasks_timed_out: int = 0
+    """Tasks killed at ``hard_deadline`` (also counted in ``tasks_killed``)."""

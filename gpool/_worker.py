@@ -32,10 +32,13 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         "busy",
         "channel",
         "detached",
+        "doomed",
         "idle_since",
         "kill_exc",
         "local_links",
         "owner",
+        "reported_no",
+        "started",
         "task_no",
         "tasks_run",
     )
@@ -53,6 +56,12 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         # True once the running task gave its slot back with detach().
         self.detached = False
         self.kill_exc: BaseException | None = None
+        # For the watchdog (pools with deadlines only): when the running task started
+        # (NOT_STARTED in between), the task whose stack it already logged, and whether
+        # it killed this worker's task, which makes the worker retire.
+        self.started = float("inf")
+        self.reported_no = 0
+        self.doomed = False
         self.tasks_run = 0
         self.local_links: list[LocalLink] = []
 

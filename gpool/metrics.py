@@ -31,6 +31,8 @@ metric                             type     ``PoolStats`` field
 ``gpool_tasks_failed_total``       counter  ``tasks_failed``
 ``gpool_tasks_killed_total``       counter  ``tasks_killed``
 ``gpool_tasks_detached_total``     counter  ``tasks_detached``
+``gpool_tasks_overdue_total``      counter  ``tasks_overdue``
+``gpool_tasks_timed_out_total``    counter  ``tasks_timed_out``
 ``gpool_rejected_total``           counter  ``rejected``
 =================================  =======  ==========================================
 
@@ -78,6 +80,8 @@ _METRICS: tuple[tuple[str, str, str, str], ...] = (
     ("tasks_failed", "tasks_failed", "counter", "Tasks that raised."),
     ("tasks_killed", "tasks_killed", "counter", "Tasks ended by WorkerPool.kill()."),
     ("tasks_detached", "tasks_detached", "counter", "Tasks that gave their slot back with gpool.detach()."),
+    ("tasks_overdue", "tasks_overdue", "counter", "Tasks that ran past soft_deadline (stack logged)."),
+    ("tasks_timed_out", "tasks_timed_out", "counter", "Tasks killed at hard_deadline."),
     ("rejected", "rejected", "counter", "Connections turned away while full (overflow='reject')."),
 )
 

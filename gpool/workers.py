@@ -26,6 +26,12 @@ Unset or empty means the default.
   queue while the pool is full) or ``reject`` (they get ``503`` at once).
 - ``GPOOL_MAX_DETACHED``: ``max_detached``, most requests detached with
   :func:`gpool.detach`; an int >= 0, default ``worker_connections``.
+- ``GPOOL_SOFT_DEADLINE``: ``soft_deadline``, seconds a request may run before its
+  stack is logged (WARNING) to show where it is stuck; default off.
+- ``GPOOL_HARD_DEADLINE``: ``hard_deadline``, seconds a request may run before it is
+  killed (the client's connection is closed) and its worker greenlet retired; default
+  off. Unlike gunicorn's ``--timeout``, which restarts a whole worker process that
+  stops answering the master, this ends one stuck request and spares the others.
 
 A bad value stops the worker from booting, so the master exits (status 3) after one
 error line naming the variable, the value and what is allowed.
@@ -114,6 +120,8 @@ _SETTINGS = (
     _Setting("GPOOL_MIN_IDLE", "min_idle", int, "an int >= 0"),
     _Setting("GPOOL_OVERFLOW", "overflow", str, "'backlog' or 'reject'"),
     _Setting("GPOOL_MAX_DETACHED", "max_detached", int, "an int >= 0"),
+    _Setting("GPOOL_SOFT_DEADLINE", "soft_deadline", float, "a positive, finite number of seconds"),
+    _Setting("GPOOL_HARD_DEADLINE", "hard_deadline", float, "a positive, finite number of seconds"),
 )
 
 
@@ -136,6 +144,9 @@ def _pool_options(environ: Mapping[str, str], size: int) -> dict[str, Any]:
             raise _SettingError(f"{setting.variable}={raw!r}: {setting.option} must be {setting.allowed}") from None
         _check_with_pool(f"{setting.variable}={raw!r}", size, {setting.option: value})
         options[setting.option] = value
+    # Rules that tie options together (min_idle <= size, soft before hard deadline).
+    variables = ", ".join(f"{s.variable}={environ[s.variable].strip()!r}" for s in _SETTINGS if s.option in options)
+    _check_with_pool(variables or "GPOOL_*", size, options)
     return options
 
 

@@ -283,6 +283,20 @@ def test_graceful_timeout_then_requests_are_killed(tmp_path: Path, worker_class:
         assert master.get("/")[0] == 200
 
 
+@pytest.mark.parametrize("worker_class", WORKER_CLASSES)
+def test_hard_deadline_cuts_a_stuck_request_and_the_worker_serves_on(tmp_path: Path, worker_class: str) -> None:
+    env = {"GPOOL_SOFT_DEADLINE": "0.5", "GPOOL_HARD_DEADLINE": "1"}
+    with gunicorn(tmp_path, worker_class, env=env) as master:
+        worker_pid = json.loads(master.get("/whoami")[2])["pid"]
+        held = master.hold()  # never released: stuck until the watchdog steps in
+        assert_cut(held.response)
+        master.wait_for_log("past soft_deadline=0.5s")
+        master.wait_for_log("past hard_deadline=1s")
+        # The same process serves on: only the stuck request was ended.
+        assert json.loads(master.get("/whoami")[2])["pid"] == worker_pid
+        assert master.get("/")[0] == 200
+
+
 # -- keep-alive -----------------------------------------------------------------------
 
 
