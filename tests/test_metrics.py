@@ -16,6 +16,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpool import WorkerPool
 from gpool.metrics import PoolCollector, register
 
+from .conftest import wait_until
+
 # PoolStats field -> the sample name it is exported as (namespace "gpool").
 EXPORTED = {
     "size": "gpool_size",
@@ -32,6 +34,8 @@ EXPORTED = {
     "tasks_failed": "gpool_tasks_failed_total",
     "tasks_killed": "gpool_tasks_killed_total",
     "tasks_detached": "gpool_tasks_detached_total",
+    "tasks_overdue": "gpool_tasks_overdue_total",
+    "tasks_timed_out": "gpool_tasks_timed_out_total",
     "rejected": "gpool_rejected_total",
 }
 COUNTERS = {field for field, name in EXPORTED.items() if name.endswith("_total")}
@@ -52,8 +56,9 @@ def samples(registry: CollectorRegistry) -> dict[tuple[str, str], float]:
 
 
 def busy_pool() -> tuple[WorkerPool, Event]:
-    """A pool that has completed, failed and detached tasks, with two still running."""
-    pool = WorkerPool(8, max_idle=60)
+    """A pool that has completed, failed and detached tasks, with two still running,
+    one of them past its soft deadline."""
+    pool = WorkerPool(8, max_idle=60, soft_deadline=0.05)
     for n in range(5):
         pool.submit(abs, -n).get(timeout=5)
     with pytest.raises(ValueError):
@@ -69,6 +74,7 @@ def busy_pool() -> tuple[WorkerPool, Event]:
 
     pool.spawn(stream)
     assert detached.wait(timeout=5)
+    wait_until(lambda: pool.stats().tasks_overdue == 1, what="the running task passed its soft deadline")
     return pool, release
 
 
@@ -80,7 +86,7 @@ def test_values_match_stats() -> None:
         exported = samples(registry)
         stats = asdict(pool.stats())
         assert stats["busy"] == 1 and stats["detached"] == 1 and stats["tasks_failed"] == 1
-        assert stats["tasks_completed"] == 5
+        assert stats["tasks_completed"] == 5 and stats["tasks_overdue"] == 1
         assert set(stats) == set(EXPORTED), "a PoolStats field is not exported"
         assert exported == {(EXPORTED[field], "web"): float(value) for field, value in stats.items()}
     finally:

@@ -386,6 +386,18 @@ def test_several_workers_serve_and_ctrl_c_drains(app_dir: Path) -> None:
         assert code == 0, server.stderr_text()
 
 
+def test_deadlines_from_the_command_line(app_dir: Path) -> None:
+    with serving("module", "served_app", "--soft-deadline", "0.3", "--hard-deadline", "1", cwd=app_dir) as server:
+        status, _headers, _body = server.request("GET", "/hang")
+        # pywsgi answers 500 for the request the watchdog killed, and serves on.
+        assert status == 500
+        server.wait_stderr("past soft_deadline=0.3s")
+        server.wait_stderr("past hard_deadline=1s")
+        assert server.request("GET", "/")[2] == b"hello from the app module"
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.wait_exit()[0] == 0
+
+
 def test_second_signal_cuts_the_drain_short(app_dir: Path) -> None:
     with serving("module", "served_app", cwd=app_dir) as server:
         hung = http.client.HTTPConnection(server.host, server.port, timeout=IO_TIMEOUT)
@@ -462,7 +474,12 @@ HINT = " (see gpool serve --help)"
         (["--size", "many"], "argument --size: invalid int value: 'many'"),
         (["--overflow", "nope"], "--overflow must be 'backlog' or 'reject', got 'nope'"),
         (["--max-idle", "-1"], "--max-idle must be a positive, finite number of seconds, got -1.0"),
-        (["--min-idle", "5", "--size", "2"], "--min-idle must not exceed size (2), got 5"),
+        (["--min-idle", "5", "--size", "2"], "--min-idle must not exceed --size (2), got 5"),
+        (["--hard-deadline", "0"], "--hard-deadline must be a positive, finite number of seconds, got 0.0"),
+        (
+            ["--soft-deadline", "5", "--hard-deadline", "2"],
+            r"--soft-deadline must be less than --hard-deadline (2.0), got 5.0",
+        ),
         (["--bind", "nohostport"], "argument --bind: expected HOST:PORT, got 'nohostport'"),
         (["--bind", "127.0.0.1:70000"], "argument --bind: port must be 0 to 65535, got 70000"),
         (["--workers", "0"], "--workers must be an int >= 1, got 0"),
