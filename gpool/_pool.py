@@ -7,7 +7,7 @@ from time import monotonic
 from types import TracebackType
 from typing import Any, Callable, Iterable
 
-from gevent import GreenletExit, Timeout
+from gevent import GreenletExit, Timeout, sleep
 from gevent.event import AsyncResult, Event
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
@@ -298,8 +298,14 @@ class WorkerPool:
 
         With *raise_error*, the first exception raised by a task that fails while
         this call waits is re-raised here. The pool stays usable. Blocks the calling
-        greenlet; do not call it in the hub.
+        greenlet; do not call it in the hub. After :meth:`close`, idle workers have
+        exited when it returns.
         """
+        if self._closed and len(self._workers) > self._busy + self._detached and getcurrent() is not self._hub:
+            # close() from a greenlet hands each idle worker its stop through a hub
+            # callback. Those callbacks are queued ahead of us: yielding once lets
+            # them run, so no idle worker outlives `close(); join()`.
+            sleep(0)
         if self._busy == 0:
             return True
         done = Event()

@@ -230,6 +230,18 @@ def test_context_manager_closes_and_joins() -> None:
     assert sorted(done) == [0, 1, 2, 3]
     assert pool.closed
     assert len(pool) == 0
+    # Joined after closing: not even an idle worker is left.
+    assert pool.stats().workers == 0
+
+
+def test_close_then_join_leaves_no_idle_worker() -> None:
+    pool = WorkerPool(4, max_idle=60)
+    workers = {pool.submit(getcurrent).get(timeout=5) for _ in range(3)}
+    assert pool.stats().idle == len(workers) == 1
+    pool.close()
+    assert pool.join(timeout=5)
+    assert pool.stats().workers == 0
+    assert all(worker.dead for worker in workers)
 
 
 def test_pool_is_always_truthy() -> None:

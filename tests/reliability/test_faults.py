@@ -94,11 +94,12 @@ def test_faults_mixed_into_load(baseline: None) -> None:
     shut(pool)
 
 
-def stop_under_load(work: float, mix: dict[str, int], stop_timeout: float) -> tuple[Any, ...]:
+def stop_under_load(work: float, mix: dict[str, int], stop_timeout: float, enough: int) -> tuple[Any, ...]:
+    """Serve clients until *enough* connections were accepted, then stop the server."""
     handler = Handler(work=work)
     pool = WorkerPool(1000)
     server = AccountingServer(("127.0.0.1", 0), handler, spawn=pool, backlog=1024)
-    server.enough = scaled(3_000, minimum=500)
+    server.enough = enough
 
     def stop_when_busy() -> None:
         server.accepted_enough.wait()
@@ -120,7 +121,9 @@ def stop_under_load(work: float, mix: dict[str, int], stop_timeout: float) -> tu
 def test_stop_under_load_answers_every_accepted_connection(baseline: None) -> None:
     # Requests take 10 ms and stop() gives them 5 s: every request the server accepted
     # must be answered in full; the clients still in the listen queue are turned away.
-    handler, pool, server, outcomes = stop_under_load(work=0.01, mix={}, stop_timeout=5)
+    handler, pool, server, outcomes = stop_under_load(
+        work=0.01, mix={}, stop_timeout=5, enough=scaled(3_000, minimum=500)
+    )
     assert set(outcomes) <= {"ok:ok", "ok:cut", "ok:refused"}, outcomes
     assert outcomes["ok:ok"] == server.accepted >= server.enough
     assert outcomes.get("ok:refused", 0) >= 1  # the clients ran until the server was gone
@@ -132,8 +135,12 @@ def test_stop_under_load_answers_every_accepted_connection(baseline: None) -> No
 
 
 def test_stop_under_load_kills_what_outlives_the_timeout(baseline: None) -> None:
-    # One request in twenty hangs; stop() waits 0.5 s, then kills them all.
-    handler, pool, server, outcomes = stop_under_load(work=0.0, mix={"hang": 5}, stop_timeout=READ_TIMEOUT)
+    # One request in twenty hangs; stop() waits 0.5 s, then kills them all. A client
+    # stays in its hung request until then, so all of them are stuck after about
+    # 20 x CLIENTS connections: the stop must come well before (not scaled).
+    handler, pool, server, outcomes = stop_under_load(
+        work=0.0, mix={"hang": 5}, stop_timeout=READ_TIMEOUT, enough=CLIENTS * 20 // 4
+    )
     hung = handler.kinds["hang"]
     assert hung >= 1
     assert set(outcomes) <= {"ok:ok", "ok:cut", "ok:refused", "hang:closed", "hang:refused"}, outcomes
