@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 import socket
+from functools import partial
 from time import monotonic
 from typing import Any, Callable
 
@@ -71,11 +72,13 @@ def turn_away(connection: ServerConnection, on_reject: Callable[..., Any] | None
             hub.handle_error(on_reject, type(exc), exc, exc.__traceback__)
         finally:
             close(*conn_args)
-    elif _is_wsgi_server(getattr(handle, "__self__", None)):
-        # Reading the request takes a greenlet; a bare one, outside the pool.
-        spawn_raw(answer_503, close, conn_args)
     else:
-        close(*conn_args)
+        server = getattr(handle, "__self__", None)
+        if _is_wsgi_server(server):
+            # Reading the request takes a greenlet; a bare one, outside the pool.
+            spawn_raw(answer_503, close, conn_args, _tls_wrapper(server))
+        else:
+            close(*conn_args)
 
 
 def _is_wsgi_server(server: object) -> bool:
@@ -84,10 +87,28 @@ def _is_wsgi_server(server: object) -> bool:
     return isinstance(server, WSGIServer)
 
 
-def answer_503(close: Callable[..., Any], conn_args: tuple[Any, ...]) -> None:
-    """In a greenlet of its own: read the request head, answer 503, then close."""
+def _tls_wrapper(server: Any) -> Callable[[Any], Any] | None:
+    """How *server* makes a TLS connection of an accepted socket; None without TLS."""
+    if not getattr(server, "ssl_enabled", False):
+        return None
+    wrap: Callable[..., Any] = server.wrap_socket
+    return partial(wrap, **server.ssl_args)
+
+
+def answer_503(close: Callable[..., Any], conn_args: tuple[Any, ...], wrap: Callable[[Any], Any] | None = None) -> None:
+    """In a greenlet of its own: read the request head, answer 503, then close.
+
+    With *wrap* (a TLS server), the handshake comes first: a TLS client sends its
+    request only after it, and would take a plain-text answer for a protocol error.
+    """
     sock = conn_args[0]
+    tls = None
     try:
+        if wrap is not None:
+            # A socket timeout, not a gevent.Timeout: a failed handshake closes the
+            # TLS socket it was building, which owns the connection by then.
+            sock.settimeout(_READ_TIMEOUT)
+            sock = tls = wrap(sock)
         with Timeout(_READ_TIMEOUT, False):
             head = b""
             while b"\r\n\r\n" not in head and len(head) < _MAX_HEAD:
@@ -102,8 +123,10 @@ def answer_503(close: Callable[..., Any], conn_args: tuple[Any, ...]) -> None:
             while sock.recv(4096):
                 pass
     except OSError:
-        pass  # The client went away; nothing more to tell it.
+        pass  # The client went away (or failed its handshake); nothing more to tell it.
     finally:
+        if tls is not None:
+            tls.close()
         close(*conn_args)
 
 

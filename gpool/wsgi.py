@@ -18,6 +18,7 @@ import io
 from typing import Any
 
 from gevent import pywsgi
+from gevent.socket import wait_read
 
 from ._idle import IdleConnections, ReclaimingServer
 
@@ -105,10 +106,33 @@ class _ConnectionReader(io.RawIOBase):
         self._park_in = None
         key = self._park_key
         self._park_key = None
-        if not idle.park(key, self._sock):
+        sock = self._sock
+        pending = getattr(sock, "pending", None)
+        if pending is not None:
+            return self._read_tls(sock, pending, idle, key, buffer)
+        if not idle.park(key, sock):
             return 0  # draining: end of stream
         try:
-            received = self._sock.recv_into(buffer)
+            received = sock.recv_into(buffer)
         finally:
             idle.unpark(key)
+        return received
+
+    def _read_tls(self, sock: Any, pending: Any, idle: IdleConnections, key: object, buffer: Any) -> int:
+        """The keep-alive wait on a TLS socket.
+
+        Idle means nothing of a next request has arrived, and a TLS socket hides two
+        kinds of arrival from a peek at the raw socket: bytes already decrypted with an
+        earlier record (``pending()``), and the first part of a record, which OpenSSL
+        takes off the socket and holds until the rest arrives. So the connection is
+        parked only while the socket has nothing to read, never during the TLS read.
+        """
+        if not pending():
+            if not idle.park(key, sock):
+                return 0  # draining: end of stream
+            try:
+                wait_read(sock.fileno(), sock.gettimeout())
+            finally:
+                idle.unpark(key)
+        received: int = sock.recv_into(buffer)
         return received
