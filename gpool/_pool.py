@@ -706,11 +706,12 @@ def _resolve(result: AsyncResult, func: Callable[..., Any], args: tuple[Any, ...
     """submit()'s task: run *func* and store its outcome in *result*."""
     try:
         result.set(func(*args, **kwargs))
-    except Exception as exc:  # noqa: BLE001 - handed to the caller through the result
-        result.set_exception(exc)
-        return _FAILED
     except BaseException as exc:
-        # Kills and system errors still end the task the usual way.
         result.set_exception(exc)
-        raise
+        # A kill (even with an ordinary Exception) and a system error still end the
+        # task the usual way, so the worker counts and reports them as such; any other
+        # failure is handed to the caller through the result.
+        if not isinstance(exc, Exception) or exc is getcurrent().kill_exc:
+            raise
+        return _FAILED
     return None
