@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import logging
+import math
 from time import monotonic
-from typing import Any, Iterable
+from typing import Any
+
+from ._validate import check_servers, check_timeout
 
 __all__ = ["drain"]
 
@@ -14,20 +17,23 @@ _log = logging.getLogger("gpool")
 _KILL_GRACE = 1.0
 
 
-def drain(servers: Any, timeout: float = 30.0) -> bool:
+def drain(servers: Any, timeout: float | None = 30.0) -> bool:
     """Shut down one server (or an iterable of them) without cutting requests short.
 
     1. stop accepting: the listening sockets close, new clients are refused;
     2. keep-alive clients get ``Connection: close`` on their next response, and idle
        keep-alive connections are closed now (servers with ``idle_connections``:
        :class:`gpool.wsgi.WSGIServer` and the gunicorn workers);
-    3. in-flight requests get up to *timeout* seconds to finish;
+    3. in-flight requests get up to *timeout* seconds to finish (``None``: as long as
+       they take; zero or less: no time);
     4. whatever still runs then (including detached streams) is killed.
 
     Returns True when nothing had to be killed. Blocks the calling greenlet; call it
     from a greenlet, not the hub. Works with gevent's ``Pool`` as well as ``WorkerPool``.
     """
-    group: list[Any] = list(servers) if isinstance(servers, Iterable) else [servers]
+    seconds = check_timeout("timeout", timeout)
+    limit = math.inf if seconds is None else seconds
+    group = check_servers("servers", servers)
     started = monotonic()
     closed_idle = 0
     for server in group:
@@ -39,12 +45,12 @@ def drain(servers: Any, timeout: float = 30.0) -> bool:
     for server in group:
         if server.pool is not None and all(server.pool is not pool for pool in pools):
             pools.append(server.pool)
-    deadline = started + timeout
+    deadline = started + limit
     for pool in pools:
         pool.join(timeout=max(deadline - monotonic(), 0.0))
     leftover = sum(_running(pool) for pool in pools)
     if leftover:
-        _log.warning("graceful timeout (%.1f s): killing %d unfinished task(s)", timeout, leftover)
+        _log.warning("graceful timeout (%.1f s): killing %d unfinished task(s)", limit, leftover)
         for pool in pools:
             pool.kill(block=True, timeout=_KILL_GRACE)
     _log.info(

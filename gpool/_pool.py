@@ -9,6 +9,7 @@ from typing import Any, Callable, Iterable
 
 from gevent import GreenletExit, Timeout, sleep
 from gevent.event import AsyncResult, Event
+from gevent.exceptions import BlockingSwitchOutError
 from gevent.hub import Waiter, get_hub
 from greenlet import getcurrent
 
@@ -18,7 +19,15 @@ from ._overload import OVERFLOW_POLICIES, OverloadLog, server_connection, turn_a
 from ._ready import ReadyStack
 from ._slots import SlotSignal
 from ._stats import PoolStats
-from ._validate import check_bool, check_callable, check_choice, check_count, check_seconds
+from ._validate import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_count,
+    check_exception,
+    check_seconds,
+    check_timeout,
+)
 from ._watchdog import NOT_STARTED, Watchdog
 from ._worker import Worker
 
@@ -205,6 +214,7 @@ class WorkerPool:
 
         Blocks the calling greenlet; do not call it in the hub.
         """
+        timeout = check_timeout("timeout", timeout)
         if self._closed:
             raise PoolClosed("wait_available() called on a closed WorkerPool")
         if self._no_free_slot():
@@ -215,6 +225,8 @@ class WorkerPool:
                     waiter.get()
             finally:
                 self._slots.unlink(waiter.switch)
+            if self._closed:
+                raise PoolClosed("the WorkerPool was closed while wait_available() waited")
         return self.free_count()
 
     # -- submitting tasks -------------------------------------------------------------
@@ -287,6 +299,8 @@ class WorkerPool:
         """
         if not callable(func):
             raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        if self._closed:
+            raise PoolClosed("submit() called on a closed WorkerPool")
         result: AsyncResult = AsyncResult()
         self.spawn(_resolve, result, func, args, kwargs)
         return result
@@ -301,6 +315,8 @@ class WorkerPool:
         greenlet; do not call it in the hub. After :meth:`close`, idle workers have
         exited when it returns.
         """
+        timeout = check_timeout("timeout", timeout)
+        check_bool("raise_error", raise_error)
         if self._closed and len(self._workers) > self._busy + self._detached and getcurrent() is not self._hub:
             # close() from a greenlet hands each idle worker its stop through a hub
             # callback. Those callbacks are queued ahead of us: yielding once lets
@@ -341,10 +357,17 @@ class WorkerPool:
         *block*, wait up to *timeout* seconds for those tasks to end. The pool stays
         usable afterwards.
         """
+        exception = check_exception("exception", exception)
+        check_bool("block", block)
+        timeout = check_timeout("timeout", timeout)
         targets = [(worker, worker.task_no) for worker in self._workers if worker.busy]
         if not targets:
             return
         hub = self._get_hub()
+        if block and getcurrent() is hub:
+            raise BlockingSwitchOutError(
+                "kill(block=True) cannot wait in the hub: call it from a greenlet, or pass block=False"
+            )
         # Deliver from the hub, after every task handed over before this call has
         # started (callbacks run in order), so each target is suspended inside its task.
         hub.loop.run_callback(self._throw_into, targets, exception)

@@ -99,7 +99,11 @@ class PoolCollector:
     """
 
     def __init__(self, pool: WorkerPool, name: str = "default", namespace: str = "gpool") -> None:
-        if not isinstance(namespace, str) or not _NAME.fullmatch(namespace):
+        if not isinstance(namespace, str):
+            raise TypeError(
+                f"namespace must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {namespace!r} ({type(namespace).__name__})"
+            )
+        if not _NAME.fullmatch(namespace):
             raise ValueError(f"namespace must match [a-zA-Z_:][a-zA-Z0-9_:]*, got {namespace!r}")
         self.namespace = namespace
         self._pools: dict[str, WorkerPool] = {}
@@ -108,8 +112,12 @@ class PoolCollector:
     def add(self, pool: WorkerPool, name: str) -> None:
         """Export *pool* too, labelled ``pool=name``; *name* must be new to this collector."""
         if not callable(getattr(pool, "stats", None)):
-            raise TypeError(f"pool must have a stats() method (a gpool.WorkerPool), got {pool!r}")
-        if not isinstance(name, str) or not name:
+            raise TypeError(
+                f"pool must have a stats() method (a gpool.WorkerPool), got {pool!r} ({type(pool).__name__})"
+            )
+        if not isinstance(name, str):
+            raise TypeError(f"name must be a non-empty string, got {name!r} ({type(name).__name__})")
+        if not name:
             raise ValueError(f"name must be a non-empty string, got {name!r}")
         if name in self._pools:
             raise ValueError(f"a pool named {name!r} is already exported by this collector")
@@ -148,6 +156,11 @@ def register(
     """Build a :class:`PoolCollector` for *pool* and register it on *registry*
     (prometheus_client's default ``REGISTRY`` when None); return the collector, which
     ``registry.unregister()`` takes back."""
+    if registry is not None and not callable(getattr(registry, "register", None)):
+        raise TypeError(
+            "registry must be None or a prometheus_client CollectorRegistry, "
+            f"got {registry!r} ({type(registry).__name__})"
+        )
     collector = PoolCollector(pool, name, namespace)
     (REGISTRY if registry is None else registry).register(collector)
     return collector

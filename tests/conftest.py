@@ -39,9 +39,15 @@ def _bounded() -> Iterator[None]:
         timeout.close()
 
 
-def live_workers() -> int:
+def live_workers(pool: object = None) -> int:
+    """Worker greenlets still alive: all of them, or only *pool*'s (immune to other
+    tests' pools winding down meanwhile)."""
     gc.collect()
-    return sum(1 for obj in gc.get_objects() if isinstance(obj, Worker) and not obj.dead)
+    return sum(
+        1
+        for obj in gc.get_objects()
+        if isinstance(obj, Worker) and not obj.dead and (pool is None or obj.owner is pool)
+    )
 
 
 def wait_until(condition: Callable[[], bool], timeout: float = 5.0, what: str = "condition") -> None:

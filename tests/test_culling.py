@@ -35,16 +35,15 @@ def start_workers(pool: WorkerPool, count: int) -> list[weakref.ref[object]]:
 
 
 def test_idle_workers_are_culled_and_their_greenlets_freed() -> None:
-    baseline = live_workers()
     pool = WorkerPool(10, max_idle=0.05)
     refs = start_workers(pool, 5)
     assert pool.stats().idle == 5
-    assert live_workers() == baseline + 5
+    assert live_workers(pool) == 5
     wait_until(lambda: pool.stats().workers == 0, what="culling")
     stats = pool.stats()
     assert (stats.idle, stats.culled, stats.retired) == (0, 5, 0)
     assert [ref() for ref in refs] == [None] * 5
-    assert live_workers() == baseline
+    assert live_workers(pool) == 0
     # Nothing idle, so nothing is scheduled: the culler does not wake periodically.
     assert pool._cull_timer is None
 

@@ -37,6 +37,30 @@ from gpool import WorkerPool
         ({"isolate": 1}, TypeError, r"isolate must be True or False, got 1 \(int\)"),
         ({"isolate": None}, TypeError, r"isolate must be True or False, got None \(NoneType\)"),
         ({"log_all_errors": "yes"}, TypeError, r"log_all_errors must be True or False, got 'yes' \(str\)"),
+        ({"size": math.nan}, TypeError, r"size must be None or an int >= 1, got nan \(float\)"),
+        ({"max_idle": 10**400}, ValueError, "max_idle must be a positive, finite number of seconds, got 10{400}"),
+        ({"min_idle": True}, TypeError, r"min_idle must be an int >= 0, got True \(bool\)"),
+        ({"max_tasks_per_worker": -1}, ValueError, "max_tasks_per_worker must be None or an int >= 1, got -1"),
+        (
+            {"max_tasks_per_worker": 2.0},
+            TypeError,
+            r"max_tasks_per_worker must be None or an int >= 1, got 2.0 \(float\)",
+        ),
+        ({"overflow": "REJECT"}, ValueError, "overflow must be 'backlog' or 'reject', got 'REJECT'"),
+        # A wrong type is a ValueError here, unlike every other option (pinned in test_overload.py).
+        ({"overflow": b"reject"}, ValueError, "overflow must be 'backlog' or 'reject', got b'reject'"),
+        ({"on_reject": 5}, TypeError, r"on_reject must be None or a callable, got 5 \(int\)"),
+        ({"max_detached": True}, TypeError, r"max_detached must be None or an int >= 0, got True \(bool\)"),
+        ({"max_detached": "3"}, TypeError, r"max_detached must be None or an int >= 0, got '3' \(str\)"),
+        ({"soft_deadline": "1"}, TypeError, r"soft_deadline must be a positive number of seconds, got '1' \(str\)"),
+        ({"hard_deadline": 0}, ValueError, "hard_deadline must be a positive, finite number of seconds, got 0"),
+        (
+            {"soft_deadline": 2, "hard_deadline": 1},
+            ValueError,
+            r"soft_deadline must be less than hard_deadline \(1\), got 2",
+        ),
+        # The first bad option in signature order is the one reported.
+        ({"size": 0, "max_idle": -1, "overflow": "drop"}, ValueError, "size must be None or an int >= 1, got 0"),
     ],
 )
 def test_bad_options_are_rejected_with_a_clear_message(kwargs: dict, error: type[Exception], message: str) -> None:
@@ -60,6 +84,14 @@ def test_options_are_keyword_only() -> None:
         {"size": 3, "min_idle": 3},
         {"max_tasks_per_worker": 1},
         {"isolate": False, "log_all_errors": True},
+        {"size": 10**30},
+        {"size": None, "min_idle": 5},
+        {"size": 2, "max_detached": 10},  # detached tasks hold no slot: may outnumber size
+        {"size": 2, "max_detached": 0},
+        # Ignored without overflow="reject", and allowed: a deployment sets its handler
+        # once and switches overflow by configuration (the gunicorn worker does).
+        {"size": 2, "on_reject": print},
+        {"size": 2, "overflow": "reject", "on_reject": print},
     ],
 )
 def test_good_options_are_accepted(kwargs: dict) -> None:

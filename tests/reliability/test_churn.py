@@ -60,7 +60,7 @@ def test_every_connection_is_answered_and_nothing_leaks(baseline: None) -> None:
 
     # Idle workers are culled back to min_idle, then close() ends those too.
     wait_until(lambda: pool.stats().workers == MIN_IDLE, timeout=10, what="idle workers culled to min_idle")
-    assert live_workers() == MIN_IDLE
+    assert live_workers(pool) == MIN_IDLE
     pool.close()
     assert pool.join(5)
-    wait_until(lambda: live_workers() == 0, what="the last workers exited")
+    wait_until(lambda: live_workers(pool) == 0, what="the last workers exited")

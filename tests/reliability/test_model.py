@@ -915,5 +915,6 @@ def test_kill_with_an_exception_counts_a_submit_task_as_killed() -> None:
     pool.kill(StopError)
     stats = pool.stats()
     pool.close()
+    assert pool.join(timeout=WAIT)
     assert isinstance(result.exception, StopError)
     assert (stats.tasks_killed, stats.tasks_failed) == (1, 0), stats
