@@ -34,15 +34,20 @@ def connect(server: Any, timeout: float = 10.0) -> Any:
     return sock
 
 
+def read_all(sock: Any) -> bytes:
+    """Everything *sock* receives until the peer ends the stream."""
+    chunks = []
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return b"".join(chunks)
+        chunks.append(chunk)
+
+
 def exchange(server: Any, payload: bytes, timeout: float = 10.0) -> bytes:
     with connect(server, timeout) as sock:
         sock.sendall(payload)
-        chunks = []
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return b"".join(chunks)
-            chunks.append(chunk)
+        return read_all(sock)
 
 
 @contextmanager

@@ -61,15 +61,51 @@ def request(sock: Any, path: str) -> tuple[bytes, bytes]:
     return read_response(sock)
 
 
-def keep_alive_clients(server: Any, count: int) -> list[Any]:
+def plain_connect(server: Any) -> Any:
+    return connect(server, timeout=5)
+
+
+def keep_alive_clients(server: Any, count: int, open_connection: Callable[[Any], Any] = plain_connect) -> list[Any]:
     """*count* clients, each with one request served, now idle on their connection."""
-    clients = []
-    for n in range(count):
-        sock = connect(server, timeout=5)
-        head, _body = request(sock, f"idle{n}")
-        assert head.startswith(b"HTTP/1.1 200"), head
-        clients.append(sock)
+    clients: list[Any] = []
+    try:
+        for n in range(count):
+            clients.append(open_connection(server))
+            head, _body = request(clients[-1], f"idle{n}")
+            assert head.startswith(b"HTTP/1.1 200"), head
+    except BaseException:
+        for sock in clients:
+            sock.close()
+        raise
     return clients
+
+
+def check_reclamation_spares_a_request_in_progress(
+    server: Any, app: App, open_connection: Callable[[Any], Any] = plain_connect
+) -> None:
+    """On a full pool of 3: one request in flight, one client half-way through its next
+    request, one idle. A newcomer is served by closing the idle one only."""
+    partial, idle = keep_alive_clients(server, 2, open_connection)  # partial is the older one
+    slow = open_connection(server)
+    try:
+        slow.sendall(KEEP_ALIVE_GET % b"slow")
+        assert app.entered.wait(5)
+        # The older client has begun its next request: half of it is received.
+        partial.sendall(b"GET /second HTTP/1.1\r\nHost: te")
+        # Reading those bytes takes the connection off the idle list.
+        wait_until(lambda: len(server.idle_connections) == 1, what="partial request read")
+        with open_connection(server) as newcomer:
+            assert request(newcomer, "new")[1] == b"body of /new"
+        # Only the truly idle connection was closed.
+        assert read_response(idle) == (b"", b"")
+        partial.sendall(b"st\r\n\r\n")
+        assert read_response(partial)[1] == b"body of /second"
+        app.release.set()
+        assert read_response(slow)[1] == b"body of /slow"
+        assert server.idle_connections.reclaimed == 1
+    finally:
+        for sock in (partial, idle, slow):
+            sock.close()
 
 
 def test_idle_keep_alive_clients_give_their_slot_to_a_new_client(baseline: None) -> None:
@@ -113,27 +149,7 @@ def test_reclamation_never_cuts_a_request_in_progress(baseline: None) -> None:
     app = App()
     pool = WorkerPool(3)
     with running(WSGIServer(("127.0.0.1", 0), app, spawn=pool, log=None)) as server:
-        partial, idle = keep_alive_clients(server, 2)  # partial is the older one
-        slow = connect(server, timeout=5)
-        try:
-            slow.sendall(KEEP_ALIVE_GET % b"slow")
-            assert app.entered.wait(5)
-            # The older client has begun its next request: half of it is received.
-            partial.sendall(b"GET /second HTTP/1.1\r\nHost: te")
-            # Reading those bytes takes the connection off the idle list.
-            wait_until(lambda: len(server.idle_connections) == 1, what="partial request read")
-            with connect(server, timeout=5) as newcomer:
-                assert request(newcomer, "new")[1] == b"body of /new"
-            # Only the truly idle connection was closed.
-            assert read_response(idle) == (b"", b"")
-            partial.sendall(b"st\r\n\r\n")
-            assert read_response(partial)[1] == b"body of /second"
-            app.release.set()
-            assert read_response(slow)[1] == b"body of /slow"
-            assert server.idle_connections.reclaimed == 1
-        finally:
-            for sock in (partial, idle, slow):
-                sock.close()
+        check_reclamation_spares_a_request_in_progress(server, app)
 
 
 def test_no_idle_connection_means_the_new_client_waits_its_turn(baseline: None) -> None:

@@ -14,7 +14,7 @@ from gevent.server import StreamServer
 from gpool import PoolFull, WorkerPool
 from gpool import wsgi as gpool_wsgi
 
-from .helpers import connect, exchange, in_hub, running
+from .helpers import connect, exchange, in_hub, read_all, running
 
 GET = b"GET / HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
 GET_SLOW = b"GET /slow HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
@@ -31,15 +31,6 @@ def blocking_app(release: Event, entered: Event) -> Callable[..., Any]:
         return [b"ok\n"]
 
     return app
-
-
-def read_all(sock: Any) -> bytes:
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 @pytest.mark.parametrize("server_class", [WSGIServer, gpool_wsgi.WSGIServer], ids=["pywsgi", "gpool.wsgi"])

@@ -41,9 +41,16 @@ from gpool import WorkerPool
 from gpool.wsgi import WSGIHandler, WSGIServer
 
 from .conftest import wait_until
-from .helpers import connect, running
+from .helpers import connect, read_all, running
 from .test_gunicorn import GPOOL_PYWSGI_WORKER, GPOOL_WORKER, LONG, TIMEOUT, WORKER_CLASSES, gunicorn
-from .test_keepalive import KEEP_ALIVE_GET, App, read_response, request
+from .test_keepalive import (
+    KEEP_ALIVE_GET,
+    App,
+    check_reclamation_spares_a_request_in_progress,
+    keep_alive_clients,
+    read_response,
+    request,
+)
 
 HOST = "127.0.0.1"
 CLIENTS = 100
@@ -99,15 +106,6 @@ def tls_connect(server: Any, context: Any, timeout: float = 5.0, hostname: str =
     except BaseException:
         sock.close()  # a no-op once the TLS socket took the descriptor over (and closed it)
         raise
-
-
-def read_all(sock: Any) -> bytes:
-    chunks = []
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return b"".join(chunks)
-        chunks.append(chunk)
 
 
 def ended(sock: Any) -> bool:
@@ -210,17 +208,7 @@ class RecordClient:
 
 def tls_keep_alive_clients(server: Any, tls: Tls, count: int, timeout: float = 5.0) -> list[Any]:
     """*count* TLS clients, each with one request served, now idle on their connection."""
-    clients = []
-    try:
-        for n in range(count):
-            clients.append(tls_connect(server, tls.client, timeout))
-            head, _body = request(clients[-1], f"idle{n}")
-            assert head.startswith(b"HTTP/1.1 200"), head
-    except BaseException:
-        for sock in clients:
-            sock.close()
-        raise
-    return clients
+    return keep_alive_clients(server, count, lambda server: tls_connect(server, tls.client, timeout))
 
 
 # -- what failed tasks became -----------------------------------------------------------
@@ -564,25 +552,38 @@ def test_reclamation_over_tls_never_cuts_a_request_in_progress(baseline: None, t
     app = App()
     pool = WorkerPool(3)
     with running(tls_wsgi_server(app, pool, tls)) as server:
-        partial, idle = tls_keep_alive_clients(server, tls, 2)  # partial is the older one
-        slow = tls_connect(server, tls.client)
-        try:
-            slow.sendall(KEEP_ALIVE_GET % b"slow")
-            assert app.entered.wait(5)
-            # Half of the next request, in whole TLS records: decrypted and read.
-            partial.sendall(b"GET /second HTTP/1.1\r\nHost: te")
-            wait_until(lambda: len(server.idle_connections) == 1, what="partial request read")
-            with tls_connect(server, tls.client) as newcomer:
-                assert request(newcomer, "new")[1] == b"body of /new"
-            assert read_response(idle) == (b"", b"")
-            partial.sendall(b"st\r\n\r\n")
-            assert read_response(partial)[1] == b"body of /second"
-            app.release.set()
-            assert read_response(slow)[1] == b"body of /slow"
-            assert server.idle_connections.reclaimed == 1
-        finally:
-            for sock in (partial, idle, slow):
-                sock.close()
+        # The half request goes in whole TLS records: decrypted and read by the server.
+        check_reclamation_spares_a_request_in_progress(server, app, lambda server: tls_connect(server, tls.client))
+
+
+def check_a_half_received_record_is_not_cut(
+    server: Any,
+    tls: Tls,
+    body: Callable[[bytes], bytes],
+    gone: Callable[[Any], bool],
+    timeout: float = 10.0,
+) -> None:
+    """On a full pool of 3 keep-alive clients, the oldest sends half a TLS record of its
+    next request. A newcomer is served by closing the next-oldest instead, and the
+    request completes. *body* is the app's reply to a path; *gone* tells a closed client."""
+    writer = RecordClient(connect(server, timeout), tls.client)  # the oldest
+    idle: list[Any] = []
+    try:
+        assert request(writer, "first")[1] == body(b"first")
+        idle = tls_keep_alive_clients(server, tls, 2)
+        record = writer.encrypt(KEEP_ALIVE_GET % b"second")
+        writer.sock.sendall(record[: len(record) // 2])
+        # The server has read those bytes: its TLS layer holds half a record.
+        wait_until(lambda: unread_by_peer(writer.sock) == 0, what="half a record read by the server")
+        with tls_connect(server, tls.client) as newcomer:
+            assert request(newcomer, "new")[1] == body(b"new")
+        writer.sock.sendall(record[len(record) // 2 :])
+        assert read_response(writer)[1] == body(b"second")
+        # The connection idle longest gave way instead.
+        assert gone(idle[0])
+    finally:
+        for sock in (writer, *idle):
+            sock.close()
 
 
 def test_reclamation_over_tls_never_cuts_a_request_whose_first_record_is_half_received(
@@ -590,24 +591,9 @@ def test_reclamation_over_tls_never_cuts_a_request_whose_first_record_is_half_re
 ) -> None:
     pool = WorkerPool(3)
     with running(tls_wsgi_server(App(), pool, tls)) as server:
-        writer = RecordClient(connect(server), tls.client)  # the oldest
-        idle: list[Any] = []
-        try:
-            assert request(writer, "first")[1] == b"body of /first"
-            idle = tls_keep_alive_clients(server, tls, 2)
-            record = writer.encrypt(KEEP_ALIVE_GET % b"second")
-            writer.sock.sendall(record[: len(record) // 2])
-            # The server has read those bytes: its TLS layer holds half a record.
-            wait_until(lambda: unread_by_peer(writer.sock) == 0, what="half a record read by the server")
-            with tls_connect(server, tls.client) as newcomer:
-                assert request(newcomer, "new")[1] == b"body of /new"
-            writer.sock.sendall(record[len(record) // 2 :])
-            assert read_response(writer)[1] == b"body of /second"
-            # The connection idle longest gave way instead.
-            assert read_response(idle[0]) == (b"", b"")
-        finally:
-            for sock in (writer, *idle):
-                sock.close()
+        check_a_half_received_record_is_not_cut(
+            server, tls, body=lambda path: b"body of /" + path, gone=lambda sock: read_response(sock) == (b"", b"")
+        )
 
 
 def test_a_request_already_decrypted_in_the_tls_layer_is_served_not_waited_for(baseline: None, tls: Tls) -> None:
@@ -752,20 +738,6 @@ def test_gunicorn_workers_over_tls_never_cut_a_half_received_record(
 ) -> None:
     options = ("--worker-connections=3", f"--keep-alive={LONG}", *tls.gunicorn_options)
     with gunicorn(tmp_path, worker_class, *options) as master:
-        listening = Listening(master.port)
-        writer = RecordClient(connect(listening, TIMEOUT), tls.client)
-        idle: list[Any] = []
-        try:
-            assert request(writer, "first")[1] == b"hello\n"
-            idle = tls_keep_alive_clients(listening, tls, 2)
-            record = writer.encrypt(KEEP_ALIVE_GET % b"second")
-            writer.sock.sendall(record[: len(record) // 2])
-            wait_until(lambda: unread_by_peer(writer.sock) == 0, what="half a record read by the worker")
-            with tls_connect(listening, tls.client) as newcomer:
-                assert request(newcomer, "new")[1] == b"hello\n"
-            writer.sock.sendall(record[len(record) // 2 :])
-            assert read_response(writer)[1] == b"hello\n"
-            assert ended(idle[0])
-        finally:
-            for sock in (writer, *idle):
-                sock.close()
+        check_a_half_received_record_is_not_cut(
+            Listening(master.port), tls, body=lambda path: b"hello\n", gone=ended, timeout=TIMEOUT
+        )
