@@ -172,6 +172,12 @@ class WorkerPool:
         return self._size
 
     @property
+    def isolate(self) -> bool:
+        """Whether tasks (and, in gpool's servers, requests) start with no
+        ``contextvars`` or ``gevent.local`` values left by earlier ones."""
+        return self._isolate
+
+    @property
     def _semaphore(self) -> SlotSignal:
         """Compatibility shim: gevent servers call ``pool._semaphore.rawlink(cb)`` and
         ``unlink(cb)`` to learn when a full pool frees a slot. See :mod:`gpool._slots`."""

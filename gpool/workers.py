@@ -60,10 +60,8 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
 import sys
 from functools import partial
-from time import monotonic
 from typing import Any, Callable, Mapping, NamedTuple
 
 import gevent
@@ -82,9 +80,12 @@ from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler  # type: ignore
 
 from . import __version__
 from ._drain import drain
-from ._idle import IdleConnections, ReclaimingServer, connection_state
+from ._isolation import forget_request_state
+from ._keepalive import Connection, IdleConnections
 from ._overload import answer_503
 from ._pool import WorkerPool
+from ._reclaim import ReclaimingServer
+from ._validate import check_seconds
 from .wsgi import WSGIHandler, WSGIServer
 
 __all__ = [
@@ -108,6 +109,15 @@ class _SettingError(ValueError):
     """A GPOOL_* variable (or worker_connections) that WorkerPool does not accept."""
 
 
+def _parse_bool(text: str) -> bool:
+    value = text.lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(text)
+
+
 class _Setting(NamedTuple):
     variable: str
     option: str
@@ -122,6 +132,12 @@ _SETTINGS = (
     _Setting("GPOOL_MAX_DETACHED", "max_detached", int, "an int >= 0"),
     _Setting("GPOOL_SOFT_DEADLINE", "soft_deadline", float, "a positive, finite number of seconds"),
     _Setting("GPOOL_HARD_DEADLINE", "hard_deadline", float, "a positive, finite number of seconds"),
+    _Setting("GPOOL_ISOLATE", "isolate", _parse_bool, "1 or 0 (also true/false, yes/no, on/off)"),
+)
+
+# Options of the server rather than the pool, checked by the server's own rules.
+_SERVER_SETTINGS = (
+    _Setting("GPOOL_RECLAIM_IDLE_AFTER", "reclaim_idle_after", float, "a positive, finite number of seconds"),
 )
 
 
@@ -150,6 +166,23 @@ def _pool_options(environ: Mapping[str, str], size: int) -> dict[str, Any]:
     return options
 
 
+def _server_options(environ: Mapping[str, str]) -> dict[str, Any]:
+    """The server keyword options set by GPOOL_* variables in *environ*; raises
+    :class:`_SettingError` like :func:`_pool_options`."""
+    options: dict[str, Any] = {}
+    for setting in _SERVER_SETTINGS:
+        raw = environ.get(setting.variable, "").strip()
+        if not raw:
+            continue
+        try:
+            value = setting.parse(raw)
+            options[setting.option] = check_seconds(setting.option, value)
+        except (TypeError, ValueError) as exc:
+            detail = str(exc) if str(exc) != raw else f"{setting.option} must be {setting.allowed}"
+            raise _SettingError(f"{setting.variable}={raw!r}: {detail}") from None
+    return options
+
+
 def _check_with_pool(label: str, size: int, options: dict[str, Any]) -> None:
     try:
         WorkerPool(size, **options)
@@ -172,6 +205,8 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
         # Runs in the master, before the fork: plain attributes only.
         super().__init__(*args, **kwargs)
         self.pool_options: dict[str, Any] = {}
+        self.server_options: dict[str, Any] = {}
+        self.isolate_requests = True
         self._wake_on_exit: Any = None
 
     def init_process(self) -> None:
@@ -181,10 +216,12 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
         environ = {**os.environ, **(self.cfg.env or {})}
         try:
             self.pool_options = _pool_options(environ, self.worker_connections)
+            self.server_options = _server_options(environ)
         except _SettingError as exc:
             self.log.error("%s", exc)
             # The master stops (rather than respawning forever) on this status.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
+        self.isolate_requests = self.pool_options.get("isolate", True)
         super().init_process()
 
     def run(self) -> None:
@@ -194,7 +231,7 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
             server = self.make_server(listener, self.make_pool())
             server.start()
             servers.append(server)
-        options = "".join(f", {name}={value!r}" for name, value in self.pool_options.items())
+        options = "".join(f", {name}={value!r}" for name, value in {**self.pool_options, **self.server_options}.items())
         # Also tells that signals are handled now (a signal sent earlier in the boot is lost).
         self.log.info(
             "Worker serving (pid: %s): WorkerPool(%s%s) per listener", self.pid, self.worker_connections, options
@@ -265,7 +302,7 @@ def _route_gpool_log(log: Any) -> None:
 
 
 class _ReclaimingStreamServer(ReclaimingServer, StreamServer):  # type: ignore[misc]
-    """gevent's StreamServer that closes idle keep-alive connections when full.
+    """gevent's StreamServer that ends a keep-alive connection for a waiting client.
 
     *serve* is called as ``serve(idle_connections, client, address)`` for each client.
     """
@@ -278,30 +315,75 @@ class _ReclaimingStreamServer(ReclaimingServer, StreamServer):  # type: ignore[m
         self._serve(self.idle_connections, client, address)
 
 
-class _Connection:
-    """What GPoolWorker tracks for the connection a worker greenlet serves."""
+class _GunicornConnection(Connection):
+    """A connection served with gunicorn's parser, and the response it is writing."""
 
-    __slots__ = ("deadline", "idle")
+    __slots__ = ("next_read", "response")
 
-    def __init__(self, idle: IdleConnections) -> None:
-        self.idle = idle
-        # Set after a keep-alive wait: when gunicorn's keep-alive timeout runs out.
-        self.deadline: float | None = None
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
+        self.response: Any = None  # gunicorn's Response while a request is served
+        self.next_read: _NextRequestRead | None = None
+
+    def request_close(self) -> None:
+        super().request_close()
+        response = self.response
+        if response is not None and not response.headers_sent:
+            # Its headers will say "Connection: close", and gunicorn closes after it.
+            # (Headers already sent said keep-alive: then the next response says it.)
+            response.force_close()
+
+
+class _NextRequestRead:
+    """Stands in for the client socket in gunicorn's parser for one read: the first
+    read of the next request, which is the keep-alive wait. The connection is parked
+    during that read and unparked the moment it returns, before any byte of the
+    request is parsed; then the parser reads the socket itself again."""
+
+    __slots__ = ("connection", "connections", "sock", "tls", "unreader")
+
+    def __init__(self, connections: IdleConnections, connection: Connection, sock: Any, unreader: Any) -> None:
+        self.connections = connections
+        self.connection = connection
+        self.sock = sock
+        self.unreader = unreader
+        self.tls = getattr(sock, "pending", None) is not None
+
+    def recv(self, size: int) -> bytes:
+        sock = self.sock
+        self.unreader.sock = sock
+        connections, connection = self.connections, self.connection
+        connections.park(connection)
+        try:
+            if self.tls:
+                # OpenSSL takes a partial record off the socket and holds it, where a
+                # peek cannot see it: park only while nothing at all has arrived (one
+                # extra wait per request, on TLS only). gunicorn's keep-alive timeout
+                # bounds this wait as it bounds the read.
+                wait_read(sock.fileno())
+                connections.unpark(connection)
+            data: bytes = sock.recv(size)
+        finally:
+            connections.unpark(connection)
+        return data
 
 
 class GPoolWorker(_PoolWorker):
     """``-k gpool.workers.GPoolWorker``: a StreamServer on a WorkerPool, requests parsed
     by gunicorn (what ``-k gevent`` does with a ``gevent.pool.Pool``).
 
-    Between keep-alive requests, while nothing of the next request has arrived, the
-    connection waits parked in its server's ``idle_connections``, from where a full
-    pool may close it for a new client; gunicorn's keep-alive timeout still applies.
+    The keep-alive loop is gunicorn's own; between requests, while gunicorn's parser
+    waits for the first byte of the next one, the connection is parked in its
+    server's ``idle_connections``, from where it may be ended for a new client or a
+    drain without losing a request. gunicorn's keep-alive timeout still applies.
     """
+
+    wsgi: Callable[..., Any]  # set by gunicorn's load_wsgi
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # Keyed by the worker greenlet serving the connection.
-        self._connections: dict[Any, _Connection] = {}
+        # The connection each worker greenlet serves now, with its server's registry.
+        self._connections: dict[Any, tuple[IdleConnections, _GunicornConnection]] = {}
 
     def make_pool(self) -> WorkerPool:
         if self.pool_options.get("overflow") == "reject" and not self.cfg.is_ssl:
@@ -312,21 +394,44 @@ class GPoolWorker(_PoolWorker):
 
     def make_server(self, listener: Any, pool: WorkerPool) -> Any:
         serve = partial(self._serve_connection, listener)
-        server = _ReclaimingStreamServer(listener, serve, spawn=pool, **self.ssl_args())
+        server = _ReclaimingStreamServer(listener, serve, spawn=pool, **self.server_options, **self.ssl_args())
         if self.cfg.workers > 1:
             # As gunicorn's gevent worker: one accept per wake-up spreads clients
             # over the worker processes.
             server.max_accept = 1
         return server
 
-    def _serve_connection(self, listener: Any, idle: IdleConnections, client: Any, addr: Any) -> None:
+    def load_wsgi(self) -> None:
+        super().load_wsgi()
+        self.wsgi = self._seeing_responses(self.wsgi)
+
+    def _seeing_responses(self, app: Callable[..., Any]) -> Callable[..., Any]:
+        """*app*, noting each request's gunicorn Response on its connection, so that a
+        drain or a reclamation can make it the connection's last."""
+        connections = self._connections
+
+        def noting_response(environ: Any, start_response: Any) -> Any:
+            entry = connections.get(getcurrent())
+            response = getattr(start_response, "__self__", None)
+            if entry is not None and response is not None:
+                connection = entry[1]
+                connection.response = response
+                if connection.close_requested:
+                    response.force_close()
+            return app(environ, start_response)
+
+        return noting_response
+
+    def _serve_connection(self, listener: Any, connections: IdleConnections, client: Any, addr: Any) -> None:
         current = getcurrent()
-        self._connections[current] = _Connection(idle)
+        connection = connections.open(client, _GunicornConnection)
+        self._connections[current] = (connections, connection)  # type: ignore[assignment]
         try:
             self.handle(listener, client, addr)
         finally:
             # The greenlet goes on to serve other connections.
-            self._connections.pop(current, None)
+            del self._connections[current]
+            connections.close(connection)
 
     def handle_request(self, listener_name: Any, req: Any, sock: Any, addr: Any) -> bool:
         try:
@@ -336,78 +441,61 @@ class GPoolWorker(_PoolWorker):
             # A kill (the end of a drain) or a timeout abort, which gunicorn's gevent
             # worker swallows here. The response may be cut short: end the connection.
             raise StopIteration from None
-        if served:
-            self._await_next_request(req, sock)
+        entry = self._connections.get(getcurrent())
+        if entry is not None:
+            entry[1].response = None
+            if served:
+                self._between_requests(entry[0], entry[1], req, sock)
         return served
 
-    def timeout_ctx(self) -> Any:
-        connection = self._connections.get(getcurrent())
-        deadline = None if connection is None else connection.deadline
-        if connection is None or deadline is None:
-            return super().timeout_ctx()
-        connection.deadline = None
-        # gunicorn's keep-alive timeout covers the wait for the next request and the
-        # reading of its head; the wait is over, the head gets what is left.
-        return gevent.Timeout(max(deadline - monotonic(), 0.0), False)
-
-    def _await_next_request(self, req: Any, sock: Any) -> None:
-        """After a response on a keep-alive connection: wait, parked, for the first byte
-        of the next request. Returns to let gunicorn read it; raises StopIteration to
-        end the connection (keep-alive timeout, hung up to free the slot, draining)."""
-        connection = self._connections.get(getcurrent())
-        keepalive = self.cfg.keepalive
-        if connection is None or not keepalive or not _between_requests(req, sock):
-            return  # gunicorn reads on under its own keep-alive timeout
-        idle = connection.idle
-        if not self.alive or idle.draining:
-            # Shutting down: serve a request already arriving (with Connection: close,
-            # gunicorn's rule once not alive), wait for no other.
-            if connection_state(sock) != "arriving":
-                raise StopIteration()
+    def _between_requests(
+        self, connections: IdleConnections, connection: _GunicornConnection, req: Any, sock: Any
+    ) -> None:
+        """After a response on a keep-alive connection, before gunicorn's parser reads
+        the next request: forget this request's state, read the rest of its body if the
+        app did not, and park the connection during the parser's first read."""
+        if self.isolate_requests:
+            forget_request_state()
+        if not self.cfg.keepalive:
             return
-        deadline = monotonic() + keepalive
-        if not idle.park(sock, sock):
-            raise StopIteration()
-        try:
-            arrived = _wait_readable(sock, keepalive)
-        except GreenletExit:
-            raise StopIteration from None
-        finally:
-            idle.unpark(sock)
-        if not arrived:
-            raise StopIteration()  # keep-alive timeout, as gunicorn's
-        connection.deadline = deadline
+        if not _body_consumed(req):
+            # gunicorn's parser would read it first anyway, under the same timeout;
+            # read now, so that the connection parks only for the next request.
+            with gevent.Timeout(self.cfg.keepalive, False):
+                while req.body.read(8192):
+                    pass
+            if not _body_consumed(req):
+                raise StopIteration()  # the client stopped sending its body
+        unreader = getattr(req, "unreader", None)
+        if unreader is None or not hasattr(unreader, "sock") or _buffered(unreader, sock):
+            return  # the next request has (partly) arrived: not idle
+        next_read = connection.next_read
+        if next_read is None or next_read.unreader is not unreader:
+            next_read = connection.next_read = _NextRequestRead(connections, connection, sock, unreader)
+        unreader.sock = next_read
 
 
-def _between_requests(req: Any, sock: Any) -> bool:
-    """True when the previous request is read to its end and nothing of the next one
-    is buffered: in gunicorn's parser, or decrypted and waiting in a TLS socket."""
+def _body_consumed(req: Any) -> bool:
+    """True when the app (or gunicorn) has read the request's body to its end."""
     reader = getattr(getattr(req, "body", None), "reader", None)
     if isinstance(reader, LengthReader):
-        consumed = reader.length == 0
-    elif isinstance(reader, ChunkedReader):
-        consumed = reader.parser is None
-    else:
-        consumed = False  # an unknown reader: never take the connection for idle
-    if not consumed:
-        return False
-    buffered = getattr(getattr(req, "unreader", None), "buf", None)
+        return bool(reader.length == 0)
+    if isinstance(reader, ChunkedReader):
+        return reader.parser is None
+    return False  # an unknown reader: never take the connection for idle
+
+
+def _buffered(unreader: Any, sock: Any) -> bool:
+    """True when bytes of a next request are buffered: in gunicorn's parser, or
+    decrypted and waiting in a TLS socket."""
+    buffered = getattr(unreader, "buf", None)
     if buffered is None:
-        return False
+        return True
     with buffered.getbuffer() as view:
         if view.nbytes:
-            return False
+            return True
     pending = getattr(sock, "pending", None)
-    return not (pending is not None and pending())
-
-
-def _wait_readable(sock: Any, timeout: float) -> bool:
-    """Wait for bytes, end of stream or an error on *sock*; False after *timeout*."""
-    try:
-        wait_read(sock.fileno(), timeout=timeout)
-    except socket.timeout:
-        return False
-    return True
+    return bool(pending is not None and pending())
 
 
 def _answer_busy(sock: Any, address: Any) -> None:
@@ -463,5 +551,6 @@ class GPoolPyWSGIWorker(_PoolWorker):
             log=self.log,
             handler_class=self.wsgi_handler,
             environ=environ,
+            **self.server_options,
             **self.ssl_args(),
         )
