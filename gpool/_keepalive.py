@@ -116,22 +116,21 @@ class IdleConnections:
     def want_slot(self, wait: bool = True) -> bool:
         """A client this server accepted finds no free slot: end one connection for it.
 
-        Hangs up the longest-idle connection if it has been idle long enough. Else, when
-        the client may *wait* (``overflow="backlog"``), asks one connection to close
-        gracefully, and hangs it up once idle long enough should its client send
-        nothing more. True when a slot is on its way.
+        Hangs up the longest-idle connection if it has been idle long enough. Else asks
+        one connection to close gracefully, and hangs it up once idle long enough
+        should its client send nothing more: a parked one, or, when the client may
+        *wait* for a request in flight (``overflow="backlog"``), any. True when a slot
+        is on its way.
         """
         self._wanted = True
         if self._hang_up_idle(limit=1):
             return True
-        if not wait:
-            self._wanted = False
-            return False
-        if any(connection.close_requested for connection in self._open):
+        candidates = self._open if wait else self._parked
+        if any(connection.close_requested for connection in candidates):
             self._arm_timer()
             return True  # one already asked: its slot is for this client
         # The connection parked longest, else the one open longest.
-        victim = next(iter(self._parked), None) or next(iter(self._open), None)
+        victim = next(iter(self._parked), None) or (next(iter(self._open), None) if wait else None)
         if victim is None:
             self._wanted = False
             return False

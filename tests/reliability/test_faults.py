@@ -15,10 +15,12 @@ from gpool._worker import Worker
 from ..conftest import wait_until
 from .clients import kind_of
 from .conftest import scaled
-from .harness import READ_TIMEOUT, AccountingServer, ErrorRecorder, Handler, HandlerFault, run_clients
+from .harness import AccountingServer, ErrorRecorder, Handler, HandlerFault, run_clients
 
 CLIENTS = 200
 HARD_DEADLINE = 1.0
+# How long stop() lets hung requests run before it kills them.
+KILL_AFTER = 0.5
 # Per 100 connections; the other 83 are well-behaved.
 MIX = {"raise": 10, "reset": 5, "silent": 1, "hang": 1}
 
@@ -139,7 +141,7 @@ def test_stop_under_load_kills_what_outlives_the_timeout(baseline: None) -> None
     # stays in its hung request until then, so all of them are stuck after about
     # 20 x CLIENTS connections: the stop must come well before (not scaled).
     handler, pool, server, outcomes = stop_under_load(
-        work=0.0, mix={"hang": 5}, stop_timeout=READ_TIMEOUT, enough=CLIENTS * 20 // 4
+        work=0.0, mix={"hang": 5}, stop_timeout=KILL_AFTER, enough=CLIENTS * 20 // 4
     )
     hung = handler.kinds["hang"]
     assert hung >= 1
