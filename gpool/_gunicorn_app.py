@@ -20,7 +20,9 @@ from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]
 from gunicorn.util import import_app  # type: ignore[import-untyped]
 
+from ._keepalive import DEFAULT_RECLAIM_IDLE_AFTER
 from ._pool import WorkerPool
+from ._validate import check_seconds
 from .workers import GPoolPyWSGIWorker
 
 __all__ = ["DEMO_APP", "ServeWorker", "run_gunicorn"]
@@ -97,11 +99,14 @@ def run_gunicorn(
     graceful_timeout: float = 30.0,
     soft_deadline: float | None = None,
     hard_deadline: float | None = None,
+    reclaim_idle_after: float = DEFAULT_RECLAIM_IDLE_AFTER,
+    isolate: bool = True,
 ) -> int:
     """Serve *app* ("module:attribute" or "module"; None: gpool's demo app) with gunicorn.
 
     *size* is each worker's ``worker_connections``; *max_idle*, *min_idle*, *overflow*
-    and the deadlines reach its WorkerPool as ``GPOOL_*`` variables. *graceful_timeout* is
+    the deadlines and *isolate* reach its WorkerPool, *reclaim_idle_after* its server, as
+    ``GPOOL_*`` variables. *graceful_timeout* is
     rounded up to whole seconds, gunicorn's unit. Blocks until the master exits and
     returns its exit status (0 after SIGTERM or SIGINT; both drain). Raises TypeError/ValueError,
     from WorkerPool, for pool options it would refuse, before starting anything.
@@ -114,8 +119,16 @@ def run_gunicorn(
         overflow=overflow,
         soft_deadline=soft_deadline,
         hard_deadline=hard_deadline,
+        isolate=isolate,
     )
-    environment = [f"GPOOL_MAX_IDLE={max_idle!r}", f"GPOOL_MIN_IDLE={min_idle}", f"GPOOL_OVERFLOW={overflow}"]
+    check_seconds("reclaim_idle_after", reclaim_idle_after)
+    environment = [
+        f"GPOOL_MAX_IDLE={max_idle!r}",
+        f"GPOOL_MIN_IDLE={min_idle}",
+        f"GPOOL_OVERFLOW={overflow}",
+        f"GPOOL_RECLAIM_IDLE_AFTER={reclaim_idle_after!r}",
+        f"GPOOL_ISOLATE={int(isolate)}",
+    ]
     if soft_deadline is not None:
         environment.append(f"GPOOL_SOFT_DEADLINE={soft_deadline!r}")
     if hard_deadline is not None:

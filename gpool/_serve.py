@@ -27,8 +27,9 @@ import sys
 from typing import Any, Callable, NamedTuple
 
 from ._drain import drain
+from ._keepalive import DEFAULT_RECLAIM_IDLE_AFTER
 from ._pool import WorkerPool
-from ._validate import check_count
+from ._validate import check_count, check_seconds
 
 __all__ = ["AppLoadError", "add_serve_parser", "load_app"]
 
@@ -53,6 +54,7 @@ _FLAGS = {
     "overflow": "--overflow",
     "soft_deadline": "--soft-deadline",
     "hard_deadline": "--hard-deadline",
+    "reclaim_idle_after": "--reclaim-idle-after",
 }
 _OPTION_NAMES = re.compile(r"\b(?:" + "|".join(_FLAGS) + r")\b")
 
@@ -140,6 +142,21 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
         help="kill a request still running after this long, closing its connection (default: off)",
     )
     parser.add_argument(
+        "--reclaim-idle-after",
+        type=float,
+        default=DEFAULT_RECLAIM_IDLE_AFTER,
+        metavar="SECONDS",
+        help="when every slot is busy and a new client waits (and during a drain), hang up a "
+        "keep-alive connection only once it has waited this long for its next request; busier "
+        "ones are closed gracefully, with Connection: close (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--no-isolate",
+        action="store_true",
+        help="let a request see the contextvars and threading.local/gevent.local values the "
+        "previous task or request on its worker set (faster by about a microsecond; default: isolated)",
+    )
+    parser.add_argument(
         "--workers",
         type=int,
         default=1,
@@ -209,6 +226,10 @@ def _check_flags(args: argparse.Namespace) -> None:
         check_count("--workers", args.workers, minimum=1)
     except ValueError as exc:
         raise _Refused(f"{exc}{_HINT}") from None
+    try:
+        check_seconds("--reclaim-idle-after", args.reclaim_idle_after)
+    except ValueError as exc:
+        raise _Refused(f"{exc}{_HINT}") from None
     timeout = args.graceful_timeout
     if not math.isfinite(timeout) or timeout < 0:
         raise _Refused(f"--graceful-timeout must be a finite number of seconds >= 0, got {timeout}{_HINT}")
@@ -228,6 +249,7 @@ def _build_pool(args: argparse.Namespace) -> WorkerPool:
             overflow=args.overflow,
             soft_deadline=args.soft_deadline,
             hard_deadline=args.hard_deadline,
+            isolate=not args.no_isolate,
         )
     except (TypeError, ValueError) as exc:
         raise _Refused(f"{_flag_message(str(exc))}{_HINT}") from None
@@ -319,7 +341,7 @@ def _serve(args: argparse.Namespace, pool: WorkerPool) -> int:
         monkey.patch_all()
     _configure_logging(args.log_level)
     app = _load(args.app or DEMO_APP)
-    server = _listen(args.bind, app, pool)
+    server = _listen(args.bind, app, pool, args.reclaim_idle_after)
     stop = _StopSignal(pool)
     handlers = stop.install()
     try:
@@ -358,7 +380,7 @@ def _stderr_handler(fmt: str) -> logging.Handler:
     return handler
 
 
-def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool) -> Any:
+def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool, reclaim_idle_after: float) -> Any:
     from .wsgi import WSGIServer
 
     try:
@@ -369,6 +391,7 @@ def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool) -> Any:
             # Loggers, which pywsgi wraps: access lines at INFO, its protocol errors at ERROR.
             log=logging.getLogger("gpool.access"),
             error_log=logging.getLogger("gpool.wsgi"),
+            reclaim_idle_after=reclaim_idle_after,
         )
         server.start()
     except OSError as exc:
@@ -461,6 +484,8 @@ def _run_gunicorn(args: argparse.Namespace) -> int:
         graceful_timeout=args.graceful_timeout,
         soft_deadline=args.soft_deadline,
         hard_deadline=args.hard_deadline,
+        reclaim_idle_after=args.reclaim_idle_after,
+        isolate=not args.no_isolate,
     )
     return status
 

@@ -176,10 +176,12 @@ def _server_options(environ: Mapping[str, str]) -> dict[str, Any]:
             continue
         try:
             value = setting.parse(raw)
+        except ValueError:
+            raise _SettingError(f"{setting.variable}={raw!r}: {setting.option} must be {setting.allowed}") from None
+        try:
             options[setting.option] = check_seconds(setting.option, value)
         except (TypeError, ValueError) as exc:
-            detail = str(exc) if str(exc) != raw else f"{setting.option} must be {setting.allowed}"
-            raise _SettingError(f"{setting.variable}={raw!r}: {detail}") from None
+            raise _SettingError(f"{setting.variable}={raw!r}: {exc}") from None
     return options
 
 
@@ -209,8 +211,24 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
         self.isolate_requests = True
         self._wake_on_exit: Any = None
 
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        """In the master, before any worker starts: a bad ``GPOOL_*`` setting is one
+        error line and exit status 3, however many workers were asked for."""
+        inherited = getattr(super(), "check_config", None)
+        if inherited is not None:
+            inherited(cfg, log)
+        environ = {**os.environ, **(cfg.env or {})}
+        try:
+            _pool_options(environ, cfg.worker_connections)
+            _server_options(environ)
+        except _SettingError as exc:
+            log.error("%s", exc)
+            sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
     def init_process(self) -> None:
         # Before patching and loading the app: a bad setting should cost nothing.
+        # (The master checked already; the environment may differ after a reload.)
         # gunicorn applies --env to os.environ only later in this call, so merge it here.
         _route_gpool_log(self.log)
         environ = {**os.environ, **(self.cfg.env or {})}

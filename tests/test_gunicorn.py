@@ -409,12 +409,35 @@ def test_overflow_reject_answers_503_when_full(tmp_path: Path, worker_class: str
             "5",
             "GPOOL_MIN_IDLE='5': min_idle must not exceed size (3), got 5",
         ),
+        (
+            GPOOL_WORKER,
+            "environment",
+            "GPOOL_RECLAIM_IDLE_AFTER",
+            "-1",
+            "GPOOL_RECLAIM_IDLE_AFTER='-1': reclaim_idle_after must be a positive, finite number of seconds, got -1.0",
+        ),
+        (
+            GPOOL_PYWSGI_WORKER,
+            "--env",
+            "GPOOL_RECLAIM_IDLE_AFTER",
+            "soon",
+            "GPOOL_RECLAIM_IDLE_AFTER='soon': reclaim_idle_after must be a positive, finite number of seconds",
+        ),
+        (
+            GPOOL_WORKER,
+            "environment",
+            "GPOOL_ISOLATE",
+            "maybe",
+            "GPOOL_ISOLATE='maybe': isolate must be 1 or 0 (also true/false, yes/no, on/off)",
+        ),
     ],
 )
+@pytest.mark.parametrize("workers", ["1", "2", "4"])
 def test_a_bad_setting_stops_the_worker_from_booting(
-    tmp_path: Path, worker_class: str, how: str, name: str, value: str, message: str
+    tmp_path: Path, worker_class: str, how: str, name: str, value: str, message: str, workers: str
 ) -> None:
-    options = ["--worker-connections=3"]
+    # Checked in the master, before any worker: one line and status 3 whatever -w says.
+    options = ["--worker-connections=3", f"--workers={workers}"]
     env = {}
     if how == "--env":
         options.append(f"--env={name}={value}")
@@ -425,6 +448,8 @@ def test_a_bad_setting_stops_the_worker_from_booting(
         log = master.log()
     assert message in log
     assert "Traceback" not in log
+    assert "HaltServer" not in log
+    assert sum(name in line for line in log.splitlines()) == 1, log
 
 
 # -- run_gunicorn (gpool serve --workers N) -------------------------------------------

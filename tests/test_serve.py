@@ -483,6 +483,8 @@ HINT = " (see gpool serve --help)"
         (["--bind", "nohostport"], "argument --bind: expected HOST:PORT, got 'nohostport'"),
         (["--bind", "127.0.0.1:70000"], "argument --bind: port must be 0 to 65535, got 70000"),
         (["--workers", "0"], "--workers must be an int >= 1, got 0"),
+        (["--reclaim-idle-after", "0"], "--reclaim-idle-after must be a positive, finite number of seconds, got 0.0"),
+        (["--reclaim-idle-after", "soon"], "argument --reclaim-idle-after: invalid float value: 'soon'"),
         (["--graceful-timeout", "-1"], "--graceful-timeout must be a finite number of seconds >= 0, got -1.0"),
         (["--log-level", "loud"], "argument --log-level: invalid choice: 'loud'"),
     ],
