@@ -200,3 +200,34 @@ def test_bad_overload_options_name_the_option(kwargs: dict[str, Any], error: typ
     with pytest.raises(error) as info:
         WorkerPool(4, **kwargs)
     assert str(info.value) == message
+
+
+def test_on_reject_gets_a_datagram_and_its_sender_on_a_datagram_server(baseline: None) -> None:
+    from gevent.server import DatagramServer
+
+    release, entered = Event(), Event()
+    turned_away: list[tuple[Any, Any]] = []
+    got_it = Event()
+
+    def handle(data: bytes, address: Any) -> None:
+        entered.set()
+        release.wait()
+
+    def on_reject(data: Any, address: Any) -> None:
+        turned_away.append((data, address))
+        got_it.set()
+
+    pool = WorkerPool(1, overflow="reject", on_reject=on_reject)
+    server = DatagramServer(("127.0.0.1", 0), handle, spawn=pool)
+    with running(server):
+        from gevent import socket
+
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind(("127.0.0.1", 0))
+            client.sendto(b"first", ("127.0.0.1", server.server_port))
+            assert entered.wait(5)
+            client.sendto(b"second", ("127.0.0.1", server.server_port))
+            assert got_it.wait(5)
+            assert turned_away == [(b"second", client.getsockname())]
+        release.set()
+    assert pool.stats().rejected == 1
