@@ -54,8 +54,10 @@ class ReclaimingServer:
     def _full_unless_reclaiming(self) -> bool:
         """The accept loop's question, in the hub. Never blocks."""
         pool = self.pool
-        if pool.free_count() > 0 or getattr(pool, "closed", False):
-            return bool(pool.full())
+        if pool.free_count() > 0:
+            return False
+        if getattr(pool, "closed", False):
+            return True  # as WorkerPool.full() says: nothing more to accept
         if self._held is None:
             self._held = self._accept_waiting()
             if self._held is None:
