@@ -605,15 +605,24 @@ class WorkerPool:
                     worker.forget_locals()
 
             failure: BaseException | None = None
+            # A task a kill was thrown into counts as killed however it ended, unless
+            # with a failure of its own: servers catch the kill to answer the client
+            # (pywsgi sends a 500) and return normally.
+            killed = worker.kill_exc is not None
             if error is None:
                 if outcome is _FAILED:
                     self._tasks_failed += 1
+                elif killed:
+                    self._tasks_killed += 1
                 else:
                     self._tasks_completed += 1
             elif error is worker.kill_exc:
                 self._tasks_killed += 1
             elif isinstance(error, GreenletExit):
-                self._tasks_completed += 1
+                if killed:
+                    self._tasks_killed += 1
+                else:
+                    self._tasks_completed += 1
             else:
                 self._tasks_failed += 1
                 failure = error

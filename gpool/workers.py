@@ -92,6 +92,7 @@ __all__ = [
     "GPoolPyWSGIHandler",
     "GPoolPyWSGIServer",
     "GPoolPyWSGIWorker",
+    "GPoolWebSocketWorker",
     "GPoolWorker",
 ]
 
@@ -249,10 +250,15 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
             server = self.make_server(listener, self.make_pool())
             server.start()
             servers.append(server)
-        options = "".join(f", {name}={value!r}" for name, value in {**self.pool_options, **self.server_options}.items())
+        options = "".join(f", {name}={value!r}" for name, value in self.pool_options.items())
+        server = ", ".join(f"{name}={value!r}" for name, value in self.server_options.items())
         # Also tells that signals are handled now (a signal sent earlier in the boot is lost).
         self.log.info(
-            "Worker serving (pid: %s): WorkerPool(%s%s) per listener", self.pid, self.worker_connections, options
+            "Worker serving (pid: %s): WorkerPool(%s%s) per listener%s",
+            self.pid,
+            self.worker_connections,
+            options,
+            f", server {server}" if server else "",
         )
         stop_requested = Event()
         self._wake_on_exit = gevent.get_hub().loop.async_()
@@ -572,3 +578,53 @@ class GPoolPyWSGIWorker(_PoolWorker):
             **self.server_options,
             **self.ssl_args(),
         )
+
+
+# -- WebSockets (gevent-websocket) ------------------------------------------------------
+
+_websocket_handler_class: type[GPoolPyWSGIHandler] | None = None
+
+
+def _websocket_handler() -> type[GPoolPyWSGIHandler]:
+    """:class:`GPoolPyWSGIHandler` with gevent-websocket's upgrade
+    (:class:`gpool.websocket.WebSocketHandler`), built on first use so that this module
+    imports without gevent-websocket. Raises ImportError naming the extra to install."""
+    global _websocket_handler_class
+    if _websocket_handler_class is None:
+        from .websocket import WebSocketHandler
+
+        class GPoolWebSocketHandler(WebSocketHandler, GPoolPyWSGIHandler):
+            """gpool's WebSocket handler with gunicorn's access log and ``environ``."""
+
+            # gunicorn's access log for every response, the 101 of a WebSocket too
+            # (logged when the socket ends), not gevent-websocket's own logger.
+            log_request = PyWSGIHandler.log_request
+
+        _websocket_handler_class = GPoolWebSocketHandler
+    return _websocket_handler_class
+
+
+def _websocket_handler_or_exit(log: Any) -> type[GPoolPyWSGIHandler]:
+    try:
+        return _websocket_handler()
+    except ImportError as exc:
+        log.error("%s", exc)
+        sys.exit(Arbiter.WORKER_BOOT_ERROR)
+
+
+class GPoolWebSocketWorker(GPoolPyWSGIWorker):
+    """``-k gpool.workers.GPoolWebSocketWorker``: :class:`GPoolPyWSGIWorker` serving
+    WebSockets with gevent-websocket (what its ``GeventWebSocketWorker`` does with
+    ``-k gevent_pywsgi``). Upgraded connections detach from the pool and are left out
+    of keep-alive reclamation and drains until the graceful timeout; plain requests
+    are served as by ``GPoolPyWSGIWorker``. Needs ``pip install 'gpool[websocket]'``:
+    without it the master exits (status 3) after one error line."""
+
+    @classmethod
+    def check_config(cls, cfg: Any, log: Any) -> None:
+        super().check_config(cfg, log)
+        _websocket_handler_or_exit(log)
+
+    def init_process(self) -> None:
+        self.wsgi_handler = _websocket_handler_or_exit(self.log)
+        super().init_process()

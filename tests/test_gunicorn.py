@@ -469,7 +469,10 @@ def test_run_gunicorn_serves_the_demo_app_in_two_workers(tmp_path: Path) -> None
         # Not "Booting worker": a signal that reaches a worker before it has set its
         # handlers is lost (gunicorn's fork inherits the master's).
         master.wait_for_log("Worker serving", count=2)
-        assert "WorkerPool(10, max_idle=5.0, min_idle=0, overflow='backlog')" in master.log()
+        assert (
+            "WorkerPool(10, max_idle=5.0, min_idle=0, overflow='backlog', isolate=True) per listener, "
+            "server reclaim_idle_after=1.0"
+        ) in master.log()
         # gpool serve's worker: GPoolPyWSGIWorker, leaving Ctrl-C to the master.
         assert "Using worker: gpool._gunicorn_app.ServeWorker" in master.log()
         status, _headers, body = master.get("/")
