@@ -33,13 +33,18 @@ class PoolStats:
     tasks_completed: int
     """Tasks that returned (or ended with ``GreenletExit`` of their own)."""
     tasks_failed: int
-    """Tasks that raised."""
+    """Tasks that raised an exception other than a kill (for :meth:`~gpool.WorkerPool.submit`,
+    also those whose exception went to their ``AsyncResult``)."""
     tasks_killed: int
-    """Tasks ended by :meth:`gpool.WorkerPool.kill`."""
+    """Tasks ended by :meth:`gpool.WorkerPool.kill` (which ``server.stop()`` and a drain
+    call past their timeout) or killed at ``hard_deadline`` (those are also counted in
+    ``tasks_timed_out``)."""
     culled: int
     """Workers retired after idling longer than ``max_idle``."""
     retired: int
-    """Workers that exited for any other reason: the recycle limit, ``close()``, a system error."""
+    """Workers that exited for any other reason: ``close()``, the recycle limit
+    (``max_tasks_per_worker``), their task killed at ``hard_deadline`` or raising a system
+    error, or a detached task ending with no free slot to park in."""
     rejected: int = 0
     """Connections turned away while full (``overflow="reject"``)."""
     detached: int = 0

@@ -66,23 +66,73 @@ __all__ = ["PoolCollector", "register"]
 # (metric name without the namespace, PoolStats field, type, help text). Counter names
 # are given without "_total": prometheus_client appends it to the sample name.
 _METRICS: tuple[tuple[str, str, str, str], ...] = (
-    ("size", "size", "gauge", "Most tasks the pool runs at once (+Inf: unbounded)."),
-    ("workers", "workers", "gauge", "Worker greenlets alive now, idle or busy."),
-    ("idle_workers", "idle", "gauge", "Workers parked on the ready list, waiting for a task."),
-    ("busy_tasks", "busy", "gauge", "Tasks running now and holding a slot."),
-    ("detached_tasks", "detached", "gauge", "Tasks running now without a slot, after gpool.detach()."),
-    ("peak_workers", "peak_workers", "gauge", "The most workers alive at once so far."),
+    ("size", "size", "gauge", "Most tasks the pool runs at once, its size (+Inf: unbounded)."),
+    ("workers", "workers", "gauge", "Worker greenlets alive now: idle, busy, or running a detached task."),
+    ("idle_workers", "idle", "gauge", "Workers parked on the ready list now, waiting for a task."),
+    ("busy_tasks", "busy", "gauge", "Tasks running now that hold a slot (len(pool)); detached tasks are not counted."),
+    ("detached_tasks", "detached", "gauge", "Tasks running now that gave their slot back with detach()."),
+    ("peak_workers", "peak_workers", "gauge", "The most worker greenlets alive at once since the pool was created."),
     ("workers_started", "workers_started", "counter", "Worker greenlets created."),
-    ("workers_culled", "culled", "counter", "Workers retired after idling longer than max_idle."),
-    ("workers_retired", "retired", "counter", "Workers that exited for another reason (recycle limit, close)."),
-    ("tasks_started", "tasks_started", "counter", "Tasks handed to a worker."),
-    ("tasks_completed", "tasks_completed", "counter", "Tasks that returned."),
-    ("tasks_failed", "tasks_failed", "counter", "Tasks that raised."),
-    ("tasks_killed", "tasks_killed", "counter", "Tasks ended by WorkerPool.kill()."),
-    ("tasks_detached", "tasks_detached", "counter", "Tasks that gave their slot back with gpool.detach()."),
-    ("tasks_overdue", "tasks_overdue", "counter", "Tasks that ran past soft_deadline (stack logged)."),
-    ("tasks_timed_out", "tasks_timed_out", "counter", "Tasks killed at hard_deadline."),
-    ("rejected", "rejected", "counter", "Connections turned away while full (overflow='reject')."),
+    ("workers_culled", "culled", "counter", "Idle workers retired for idling longer than max_idle."),
+    (
+        "workers_retired",
+        "retired",
+        "counter",
+        "Workers that exited for any reason but culling: close(), max_tasks_per_worker reached, "
+        "their task killed at hard_deadline or raising a system error (SystemExit, KeyboardInterrupt), "
+        "or a detached task ending with no free slot to park in.",
+    ),
+    (
+        "tasks_started",
+        "tasks_started",
+        "counter",
+        "Tasks handed to a worker by spawn(), try_spawn() or submit(), a server's connections included; "
+        "rejected connections are not.",
+    ),
+    (
+        "tasks_completed",
+        "tasks_completed",
+        "counter",
+        "Tasks that returned, or ended with a GreenletExit they raised themselves (not one from kill()).",
+    ),
+    (
+        "tasks_failed",
+        "tasks_failed",
+        "counter",
+        "Tasks that raised an exception other than a kill, submit() tasks whose exception went to their "
+        "AsyncResult included.",
+    ),
+    (
+        "tasks_killed",
+        "tasks_killed",
+        "counter",
+        "Tasks ended by WorkerPool.kill() (which server.stop() and a drain call past their timeout) "
+        "or killed at hard_deadline (those are also in tasks_timed_out).",
+    ),
+    (
+        "tasks_detached",
+        "tasks_detached",
+        "counter",
+        "Tasks that gave their slot back with detach(), each counted once.",
+    ),
+    (
+        "tasks_overdue",
+        "tasks_overdue",
+        "counter",
+        "Tasks seen running past soft_deadline, each counted once (its stack is logged).",
+    ),
+    (
+        "tasks_timed_out",
+        "tasks_timed_out",
+        "counter",
+        "Tasks killed for running past hard_deadline (also counted in tasks_killed).",
+    ),
+    (
+        "rejected",
+        "rejected",
+        "counter",
+        "Connections turned away, never started as tasks, because every slot was busy (overflow='reject').",
+    ),
 )
 
 _LABELS = ("pool",)

@@ -11,8 +11,8 @@ Kinds, each a fault the server must survive:
 - ``hang``: the handler waits forever and is killed at the pool's hard deadline;
   EOF, no reply;
 - ``reset``: the client sends half a request, then resets the connection (RST);
-- ``silent``: the client connects and sends nothing; the handler's read timeout
-  ends it: EOF, no reply.
+- ``silent``: the client sends its request line, then nothing more while the
+  handler waits for the rest; the handler's read timeout ends it: EOF, no reply.
 
 ``--until-refused`` keeps clients connecting until the server stops listening (for
 ``server.stop()`` under load); requests then cut by the stop count as ``cut``.
@@ -75,8 +75,7 @@ def _one(port: int, ident: int, kind: str, timeout: float) -> str:
             # SO_LINGER with a zero timeout: close() sends RST instead of FIN.
             sock.setsockopt(stdlib_socket.SOL_SOCKET, stdlib_socket.SO_LINGER, struct.pack("ii", 1, 0))
             return "reset"
-        if kind != "silent":
-            sock.sendall(b"%s %d\n" % (kind.encode(), ident))
+        sock.sendall(b"%s %d\n" % (kind.encode(), ident))
         data = _read_all(sock)
     except socket.timeout:
         return "timeout"  # the server left this client hanging: always a failure
