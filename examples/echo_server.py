@@ -1,10 +1,18 @@
 """A raw-TCP echo server whose connections are served by a gpool WorkerPool.
 
-Run it from the repository root::
+Run it from the repository root, with the virtualenv the README sets up
+(``python3 -m venv .venv && .venv/bin/pip install -e '.[test]'``; ``-e .`` is enough
+here), or activate it with ``. .venv/bin/activate`` and drop the ``.venv/bin/``
+prefix::
 
-    python examples/echo_server.py --port 8000
+    .venv/bin/python examples/echo_server.py --port 8000
 
-and talk to it with ``nc 127.0.0.1 8000``: every byte you send comes straight back.
+and talk to it with a client that ships with Python; every byte you send comes
+straight back::
+
+    python3 -c "import socket; s = socket.create_connection(('127.0.0.1', 8000)); s.sendall(b'hi\\n'); print(s.recv(9))"
+
+(``curl telnet://127.0.0.1:8000`` works too, interactively: type a line, get it back.)
 Stop it with Ctrl-C (SIGINT) or SIGTERM; it stops accepting, gives open connections a
 moment to finish, closes the rest and exits with status 0.
 

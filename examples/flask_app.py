@@ -1,11 +1,14 @@
 """A Flask application served by gevent's pywsgi on a gpool WorkerPool.
 
 Nothing in the app is specific to gpool except ``/pool``, which reports on the pool
-running the request. Three ways to serve it, from the repository root:
+running the request. Three ways to serve it, from the repository root, with the
+virtualenv the README sets up (``python3 -m venv .venv && .venv/bin/pip install -e
+'.[test]'``, which brings Flask and gunicorn; or activate it with ``. .venv/bin/activate``
+and drop the ``.venv/bin/`` prefix)::
 
-    gpool serve examples.flask_app:app                                 # one process
-    gunicorn -k gpool.workers.GPoolWorker -w 2 examples.flask_app:app  # two processes
-    python examples/flask_app.py --port 8000                           # main() below
+    .venv/bin/gpool serve examples.flask_app:app                                 # one process
+    .venv/bin/gunicorn -k gpool.workers.GPoolWorker -w 2 examples.flask_app:app  # two processes
+    .venv/bin/python examples/flask_app.py --port 8000                           # main() below
 
 then::
 

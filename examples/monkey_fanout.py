@@ -15,10 +15,13 @@ side by side: the whole batch takes about one delay, not ``clients`` times it. T
 lines are a machine-readable summary and the front pool's stats; the exit status is 0
 if every client got the right answer, 1 otherwise.
 
-Run it from the repository root::
+Run it from the repository root, with the virtualenv the README sets up
+(``python3 -m venv .venv && .venv/bin/pip install -e '.[test]'``; ``-e .`` is enough
+here), or activate it with ``. .venv/bin/activate`` and drop the ``.venv/bin/``
+prefix::
 
-    python examples/monkey_fanout.py --clients 100 --delay 0.25
-    python examples/monkey_fanout.py --serve-forever --port 8000   # then: curl 127.0.0.1:8000/?n=7
+    .venv/bin/python examples/monkey_fanout.py --clients 100 --delay 0.25
+    .venv/bin/python examples/monkey_fanout.py --serve-forever --port 8000   # then: curl '127.0.0.1:8000/?n=7'
 
 With ``--serve-forever`` it prints ``listening on HOST:PORT`` for the front server and
 runs until SIGINT or SIGTERM.

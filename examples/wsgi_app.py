@@ -1,8 +1,11 @@
 """A plain WSGI application served by gevent's pywsgi on a gpool WorkerPool.
 
-Run it from the repository root::
+Run it from the repository root, with the virtualenv the README sets up
+(``python3 -m venv .venv && .venv/bin/pip install -e '.[test]'``; ``-e .`` is enough
+here), or activate it with ``. .venv/bin/activate`` and drop the ``.venv/bin/``
+prefix::
 
-    python examples/wsgi_app.py --port 8000
+    .venv/bin/python examples/wsgi_app.py --port 8000
 
 then::
 

@@ -141,6 +141,7 @@ def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -
     )
     assert done.returncode == 0, done.stderr + done.stdout
     assert "raw-TCP churn req/s vs Pool" in done.stdout  # the targets table
+    assert f"wrote {out}\n" in done.stderr  # where it went, as an absolute path
     report = json.loads(out.read_text())
     for name in ("tcp-churn", "wsgi-keepalive"):
         runs = report["scenarios"][name]["runs"]
@@ -156,3 +157,17 @@ def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -
     assert memory["greenlets_after"] == memory["greenlets_start"]  # culled
     assert memory["pool_after"]["workers"] == 0
     assert report["problems"] == []
+
+
+def test_a_run_without_json_or_png_writes_nothing(tmp_path: Path) -> None:
+    argv = ["--load", "builtin", "--scenario", "dispatch", "--strategy", "gpool", "--dispatch-rounds", "1"]
+    argv += ["--tasks", "100", "--rounds", "1"]
+    done = subprocess.run(
+        [sys.executable, "-m", "gpool", "bench", *argv], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr + done.stdout
+    assert "dispatch" in done.stdout  # the report is printed all the same
+    assert list(tmp_path.iterdir()) == []
+    assert (
+        done.stderr.splitlines()[-1] == "no files written (--json PATH and --png PATH keep the figures and the chart)"
+    )

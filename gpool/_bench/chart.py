@@ -1,8 +1,8 @@
 """The PNG chart: one panel per scenario, a bar per strategy (the median, with the
 range of the rounds as a whisker) labelled with its ratio to ``gevent.pool.Pool``.
 
-Needs matplotlib (``pip install 'gpool[bench]'``); :func:`write_chart` says so and
-returns False when it is missing.
+Needs matplotlib (``pip install 'gpool[bench]'``); :func:`write_chart` says so
+(it returns why no chart was drawn) when it is missing.
 """
 
 from __future__ import annotations
@@ -33,18 +33,19 @@ _SHORT = {
 _COLOURS = {"default": "#9e9e9e", "pool": "#5c6bc0", "gpool": "#e65100", "gpool-noiso": "#ffa726"}
 
 
-def write_chart(report: dict[str, Any], path: str) -> bool:
+def write_chart(report: dict[str, Any], path: str) -> str | None:
+    """Draw the report's chart into *path*; None once written, else why nothing was."""
     try:
         import matplotlib
 
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        return False
+        return "matplotlib is not installed (pip install 'gpool[bench]')"
     scenarios = report["scenarios"]
     panels = [p for p in _PANELS if p[1] in scenarios.get(p[0], {}).get("summary", {})]
     if not panels:
-        return True
+        return "no scenario finished with figures to draw"
     cols = min(3, len(panels))
     rows = math.ceil(len(panels) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.9 * rows), squeeze=False)
@@ -79,4 +80,4 @@ def write_chart(report: dict[str, Any], path: str) -> bool:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-    return True
+    return None

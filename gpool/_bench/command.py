@@ -108,8 +108,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="how often to run a noisy run again (default 2; quick 0)")  # fmt: skip
     add("--load", choices=("auto", "wrk", "builtin"), default="auto",
         help="load generator: wrk, the built-in one, or wrk when installed (default)")  # fmt: skip
-    add("--json", metavar="PATH", default="gpool-bench.json", help="write every figure here (default %(default)s)")
-    add("--png", metavar="PATH", default="gpool-bench.png", help="write the chart here (default %(default)s)")
+    add("--json", metavar="PATH", help="write every figure here as JSON (default: no file, the report only)")
+    add("--png", metavar="PATH", help="draw the chart here, needs gpool[bench] (default: no chart)")
     add("--server-cpu", default="0", metavar="CPUS", help="taskset CPU list for servers (default 0)")
     add("--client-cpu", default="1", metavar="CPUS", help="taskset CPU list for the load (default 1)")
     add("--nice", type=int, default=-10, metavar="N",
@@ -206,10 +206,13 @@ def run(args: argparse.Namespace) -> int:
     print(format_report(report), flush=True)
     if args.json:
         write_json(report, args.json)
-        Progress.line(f"wrote {args.json}")
+        Progress.line(f"wrote {os.path.abspath(args.json)}")
     if args.png:
-        if write_chart(report, args.png):
-            Progress.line(f"wrote {args.png}")
+        why_not = write_chart(report, args.png)
+        if why_not is None:
+            Progress.line(f"wrote {os.path.abspath(args.png)}")
         else:
-            Progress.line("note: no chart: matplotlib is not installed (pip install 'gpool[bench]')")
+            Progress.line(f"note: no chart: {why_not}")
+    if not args.json and not args.png:
+        Progress.line("no files written (--json PATH and --png PATH keep the figures and the chart)")
     return 1 if problems else 0
