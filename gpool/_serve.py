@@ -459,6 +459,20 @@ class _StopSignal:
 # -- several processes ------------------------------------------------------------------
 
 
+def _gunicorn_missing(workers: int, exc: ImportError) -> str:
+    """What to install when gunicorn or something its gevent worker imports is missing:
+    the module the ImportError names, not an extra that may already be installed."""
+    missing = (exc.name or "").partition(".")[0]
+    if missing == "gunicorn":
+        return f"--workers {workers} needs gunicorn, which is not installed: pip install 'gpool[gunicorn]'"
+    if missing:
+        return (
+            f"--workers {workers}: gunicorn's worker needs the module {missing!r}, which is not installed "
+            f"({exc}): pip install {missing}"
+        )
+    return f"--workers {workers}: gunicorn did not import ({exc}); gpool needs gunicorn>=23: pip install -U gunicorn"
+
+
 def _run_gunicorn(args: argparse.Namespace) -> int:
     """N worker processes through gunicorn's arbiter and gpool's worker class.
 
@@ -469,9 +483,7 @@ def _run_gunicorn(args: argparse.Namespace) -> int:
         # unused-ignore: the module is written alongside this one and may be missing.
         from ._gunicorn_app import run_gunicorn  # type: ignore[import-not-found, unused-ignore]
     except ImportError as exc:
-        raise _Refused(
-            f"--workers {args.workers} needs gunicorn, which did not import ({exc}): pip install 'gpool[gunicorn]'"
-        ) from None
+        raise _Refused(_gunicorn_missing(args.workers, exc)) from None
     status: int = run_gunicorn(
         args.app or DEMO_APP,
         bind=_gunicorn_bind(args.bind),

@@ -360,6 +360,31 @@ def test_app_module_served_and_drained(app_dir: Path, launcher: str, spec: str, 
     assert "Warning" not in server.stderr_text()
 
 
+@pytest.mark.parametrize(
+    ("missing", "advice"),
+    [
+        # gunicorn installed, but not what its gevent worker imports (gunicorn declares
+        # packaging only in its "gevent" extra): name that module, not gpool's extra.
+        ("packaging", "gunicorn's worker needs the module 'packaging', which is not installed ("),
+        ("gunicorn", "needs gunicorn, which is not installed: pip install 'gpool[gunicorn]'"),
+    ],
+)
+def test_several_workers_name_what_is_really_missing(missing: str, advice: str) -> None:
+    # None in sys.modules makes an import fail as if the package were not installed.
+    code = (
+        f"import sys; sys.modules[{missing!r}] = None; from gpool.cli import main; "
+        "sys.exit(main(['serve', '--workers', '2', '--bind', '127.0.0.1:0']))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpool serve: error: --workers 2"), done.stderr
+    assert advice in lines[0]
+    if missing != "gunicorn":
+        assert lines[0].endswith(f"pip install {missing}")
+        assert "gpool[gunicorn]" not in lines[0]
+
+
 def test_several_workers_serve_and_ctrl_c_drains(app_dir: Path) -> None:
     """--workers 2: gunicorn's engine with gpool's worker; Ctrl-C (SIGINT to the whole
     process group, as a terminal sends it) still lets a request in flight finish."""
