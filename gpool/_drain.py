@@ -7,6 +7,8 @@ import math
 from time import monotonic
 from typing import Any
 
+from gevent.event import Event
+
 from ._validate import check_servers, check_timeout
 
 __all__ = ["drain"]
@@ -25,8 +27,9 @@ def drain(servers: Any, timeout: float | None = 30.0) -> bool:
        gunicorn workers), every response from now on carries ``Connection: close``:
        requests already sent are served, and idle keep-alive connections may send one
        more; those idle for the server's ``reclaim_idle_after`` seconds are hung up;
-    3. in-flight requests get up to *timeout* seconds to finish (``None``: as long as
-       they take; zero or less: no time);
+    3. in-flight requests, detached ones (WebSockets, streams) included, get up to
+       *timeout* seconds to finish (``None``: as long as they take; zero or less: no
+       time);
     4. whatever still runs then (including detached streams) is killed.
 
     Returns True when nothing had to be killed. Blocks the calling greenlet; call it
@@ -51,6 +54,8 @@ def drain(servers: Any, timeout: float | None = 30.0) -> bool:
     deadline = started + limit
     for pool in pools:
         pool.join(timeout=max(deadline - monotonic(), 0.0))
+    for pool in pools:
+        _wait_detached(pool, deadline)
     running = [_running(pool) for pool in pools]
     leftover = sum(running)
     if leftover:
@@ -70,6 +75,27 @@ def drain(servers: Any, timeout: float | None = 30.0) -> bool:
         killed,
     )
     return leftover == 0 and killed == 0
+
+
+def _wait_detached(pool: Any, deadline: float) -> None:
+    """Give *pool*'s detached tasks (WebSockets, streams) until *deadline* to end too:
+    ``join()`` returns without them. Only a WorkerPool has them."""
+    watchers = getattr(pool, "_watchers", None)
+    if watchers is None or not _running(pool):
+        return
+    done = Event()
+
+    def watch(_worker: Any, _task_no: int, _exc: BaseException | None) -> None:
+        # Called as each task ends, after the pool has counted it.
+        if not _running(pool):
+            done.set()
+
+    remaining = deadline - monotonic()
+    watchers.append(watch)
+    try:
+        done.wait(None if remaining == math.inf else max(remaining, 0.0))
+    finally:
+        watchers.remove(watch)
 
 
 def _killed(pool: Any) -> int | None:
