@@ -5,6 +5,7 @@ Two classes, matching gunicorn's own gevent workers, each running one
 
     gunicorn -k gpool.workers.GPoolWorker app:app         # like -k gevent
     gunicorn -k gpool.workers.GPoolPyWSGIWorker app:app   # like -k gevent_pywsgi
+    gunicorn -k gpool.workers.GPoolWebSocketWorker app:app  # pywsgi + gevent-websocket
 
 ``GPoolWorker`` parses requests with gunicorn's HTTP parser on a ``StreamServer``;
 ``GPoolPyWSGIWorker`` runs gevent's ``pywsgi`` (:class:`gpool.wsgi.WSGIServer`).
@@ -32,22 +33,30 @@ Unset or empty means the default.
   killed (the client's connection is closed) and its worker greenlet retired; default
   off. Unlike gunicorn's ``--timeout``, which restarts a whole worker process that
   stops answering the master, this ends one stuck request and spares the others.
+- ``GPOOL_ISOLATE``: ``isolate``, ``1`` or ``0``; each task, and each request on a
+  keep-alive connection, starts with no ``contextvars`` or ``threading.local`` values
+  left by the one before; default 1.
+- ``GPOOL_RECLAIM_IDLE_AFTER``: the server's ``reclaim_idle_after``, seconds a
+  keep-alive connection must have waited for its next request before it may be hung
+  up (for a waiting client, or by a drain); default 1.0.
 
-A bad value stops the worker from booting, so the master exits (status 3) after one
-error line naming the variable, the value and what is allowed.
+A bad value stops gunicorn before any worker boots: the master exits (status 3) after
+one error line naming the variable, the value and what is allowed.
 
 Behaviour
 ---------
 
-- When the pool is full and a client waits to be accepted, the idle keep-alive
-  connection that has waited longest for its next request is closed to free its slot.
-  A request in progress is never cut.
+- When the pool is full and a client waits, the worker accepts it, then ends one
+  keep-alive connection for it: one idle for ``GPOOL_RECLAIM_IDLE_AFTER`` seconds is
+  hung up, else one is told ``Connection: close`` with its next response. A request
+  in progress, or one that has partly arrived, is never cut.
 - ``overflow=reject``: a client that still finds no slot gets ``503 Service
   Unavailable`` with ``Retry-After`` (over TLS, ``GPoolWorker`` just closes it).
 - SIGTERM (and a worker restart: HUP, ``max_requests``): graceful drain with
-  :func:`gpool.drain`: stop accepting, ``Connection: close`` to keep-alive clients,
-  close idle connections, let requests in flight finish for up to
-  ``graceful_timeout`` seconds, then kill the rest.
+  :func:`gpool.drain`: stop accepting; every response from then on carries
+  ``Connection: close`` (requests already sent are served); idle connections are hung
+  up once idle for ``GPOOL_RECLAIM_IDLE_AFTER``; requests in flight finish for up to
+  ``graceful_timeout`` seconds, then the rest are killed.
 - SIGQUIT and SIGINT: gunicorn's fast exit; requests in flight are cut.
 - Messages of the ``gpool`` logger go to gunicorn's error log, unless logging is
   configured for it already.

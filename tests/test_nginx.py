@@ -35,6 +35,8 @@ from .test_gunicorn import (
     listening_socket,
 )
 
+pytestmark = pytest.mark.nginx
+
 ANCHORS = ["gevent", "gevent_pywsgi"]
 WORKER_CLASSES = [*ANCHORS, GPOOL_WORKER, GPOOL_PYWSGI_WORKER]
 BODY = b"p" * 100
