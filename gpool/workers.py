@@ -373,7 +373,7 @@ class _NextRequestRead:
     during that read and unparked the moment it returns, before any byte of the
     request is parsed; then the parser reads the socket itself again."""
 
-    __slots__ = ("connection", "connections", "sock", "tls", "unreader")
+    __slots__ = ("connection", "connections", "raw", "sock", "tls", "unreader")
 
     def __init__(self, connections: IdleConnections, connection: Connection, sock: Any, unreader: Any) -> None:
         self.connections = connections
@@ -381,10 +381,21 @@ class _NextRequestRead:
         self.sock = sock
         self.unreader = unreader
         self.tls = getattr(sock, "pending", None) is not None
+        # gevent's socket wraps a non-blocking socket of the standard library.
+        self.raw = None if self.tls else getattr(sock, "_sock", None)
 
     def recv(self, size: int) -> bytes:
         sock = self.sock
         self.unreader.sock = sock
+        raw = self.raw
+        if raw is not None:
+            try:
+                # Under load the next request is often here already: then there is no
+                # wait to park for (and no gevent wrapper to go through).
+                data: bytes = raw.recv(size)
+                return data
+            except BlockingIOError:
+                pass
         connections, connection = self.connections, self.connection
         connections.park(connection)
         try:
@@ -395,7 +406,7 @@ class _NextRequestRead:
                 # bounds this wait as it bounds the read.
                 wait_read(sock.fileno())
                 connections.unpark(connection)
-            data: bytes = sock.recv(size)
+            data = sock.recv(size)
         finally:
             connections.unpark(connection)
         return data
@@ -417,6 +428,7 @@ class GPoolWorker(_PoolWorker):
         super().__init__(*args, **kwargs)
         # The connection each worker greenlet serves now, with its server's registry.
         self._connections: dict[Any, tuple[IdleConnections, _GunicornConnection]] = {}
+        self._keepalive: float = 0
 
     def make_pool(self) -> WorkerPool:
         if self.pool_options.get("overflow") == "reject" and not self.cfg.is_ssl:
@@ -437,6 +449,8 @@ class GPoolWorker(_PoolWorker):
     def load_wsgi(self) -> None:
         super().load_wsgi()
         self.wsgi = self._seeing_responses(self.wsgi)
+        # Read once: gunicorn looks settings up by name on every access.
+        self._keepalive = self.cfg.keepalive
 
     def _seeing_responses(self, app: Callable[..., Any]) -> Callable[..., Any]:
         """*app*, noting each request's gunicorn Response on its connection, so that a
@@ -489,22 +503,26 @@ class GPoolWorker(_PoolWorker):
         app did not, and park the connection during the parser's first read."""
         if self.isolate_requests:
             forget_request_state()
-        if not self.cfg.keepalive:
+        keepalive = self._keepalive
+        if not keepalive:
             return
         if not _body_consumed(req):
             # gunicorn's parser would read it first anyway, under the same timeout;
             # read now, so that the connection parks only for the next request.
-            with gevent.Timeout(self.cfg.keepalive, False):
+            with gevent.Timeout(keepalive, False):
                 while req.body.read(8192):
                     pass
             if not _body_consumed(req):
                 raise StopIteration()  # the client stopped sending its body
-        unreader = getattr(req, "unreader", None)
-        if unreader is None or not hasattr(unreader, "sock") or _buffered(unreader, sock):
-            return  # the next request has (partly) arrived: not idle
+        unreader = req.unreader
         next_read = connection.next_read
         if next_read is None or next_read.unreader is not unreader:
+            if not hasattr(unreader, "sock"):
+                return  # not a socket reader: nothing to park on
             next_read = connection.next_read = _NextRequestRead(connections, connection, sock, unreader)
+        # gunicorn's unreader keeps its buffer's position at the end: tell() is its size.
+        if unreader.buf.tell() or (next_read.tls and sock.pending()):
+            return  # the next request has (partly) arrived: not idle
         unreader.sock = next_read
 
 
@@ -516,19 +534,6 @@ def _body_consumed(req: Any) -> bool:
     if isinstance(reader, ChunkedReader):
         return reader.parser is None
     return False  # an unknown reader: never take the connection for idle
-
-
-def _buffered(unreader: Any, sock: Any) -> bool:
-    """True when bytes of a next request are buffered: in gunicorn's parser, or
-    decrypted and waiting in a TLS socket."""
-    buffered = getattr(unreader, "buf", None)
-    if buffered is None:
-        return True
-    with buffered.getbuffer() as view:
-        if view.nbytes:
-            return True
-    pending = getattr(sock, "pending", None)
-    return bool(pending is not None and pending())
 
 
 def _answer_busy(sock: Any, address: Any) -> None:
