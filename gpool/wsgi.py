@@ -116,6 +116,9 @@ class _ConnectionReader(io.RawIOBase):
         self._probing = False
         self._park_in: IdleConnections | None = None
         self._connection: Connection | None = None
+        self._pending = getattr(sock, "pending", None)  # a TLS socket's
+        # gevent's socket wraps a non-blocking socket of the standard library.
+        self._raw = None if self._pending is not None else getattr(sock, "_sock", None)
 
     def readable(self) -> bool:
         return True
@@ -142,9 +145,18 @@ class _ConnectionReader(io.RawIOBase):
         self._park_in = None
         connection, self._connection = self._connection, None
         sock = self._sock
-        pending = getattr(sock, "pending", None)
+        pending = self._pending
         if pending is not None:
             return self._read_tls(sock, pending, connections, connection, buffer)
+        raw = self._raw
+        if raw is not None:
+            try:
+                # Under load the next request is often here already: then there is no
+                # wait to park for (and no gevent wrapper to go through).
+                arrived: int = raw.recv_into(buffer)
+                return arrived
+            except BlockingIOError:
+                pass
         connections.park(connection)  # type: ignore[arg-type]
         try:
             received = sock.recv_into(buffer)
