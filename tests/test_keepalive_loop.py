@@ -262,10 +262,23 @@ def check_unread_body_reclaimed(port: int, how: str) -> None:
 
 BODIES = ["content-length", "chunked", "expect-100-continue"]
 
+# gevent < 25's pywsgi neither reads nor discards a body its app left unread when it
+# answered without sending "100 Continue": a body the client sends anyway is parsed as
+# the next request, which has then partly arrived, so the connection is (rightly) never
+# cut. gevent's own WSGIServer does the same; gevent 25 discards the body.
+PYWSGI_KEEPS_UNREAD_100_BODY = gevent.version_info < (25,)
+
+
+def xfail_if_pywsgi_keeps_the_body(how: str) -> None:
+    if how == "expect-100-continue" and PYWSGI_KEEPS_UNREAD_100_BODY:
+        pytest.xfail(f"gevent {gevent.__version__}'s pywsgi parses an unread 100-continue body as a request")
+
 
 @pytest.mark.parametrize("how", BODIES)
 @pytest.mark.parametrize("worker_class", GPOOL_CLASSES)
 def test_a_connection_with_an_unread_body_is_reclaimed(tmp_path: Path, worker_class: str, how: str) -> None:
+    if worker_class == GPOOL_PYWSGI_WORKER:
+        xfail_if_pywsgi_keeps_the_body(how)
     env = {"GPOOL_RECLAIM_IDLE_AFTER": "0.2"}
     with gunicorn(tmp_path, worker_class, "--worker-connections=1", f"--keep-alive={LONG}", env=env) as master:
         check_unread_body_reclaimed(master.port, how)
@@ -273,6 +286,7 @@ def test_a_connection_with_an_unread_body_is_reclaimed(tmp_path: Path, worker_cl
 
 @pytest.mark.parametrize("how", BODIES)
 def test_a_connection_with_an_unread_body_is_reclaimed_in_process(how: str) -> None:
+    xfail_if_pywsgi_keeps_the_body(how)
     server = WSGIServer(("127.0.0.1", 0), app, spawn=WorkerPool(1), log=None, reclaim_idle_after=0.2)
     with running(server):
         check_unread_body_reclaimed(server.server_port, how)
