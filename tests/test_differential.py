@@ -34,7 +34,6 @@ tests/test_keepalive_loop.py uses.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -52,9 +51,8 @@ from gpool.wsgi import WSGIServer
 
 from .apps.keepalive_probe import app
 from .helpers import running
-from .test_gunicorn import CONTROL_SOCKET_OFF, Master, launched, listening_socket
+from .test_gunicorn import Master, gunicorn_command, launched, listening_socket
 
-APPS = Path(__file__).parent / "apps"
 GPOOL_WORKER = "gpool.workers.GPoolWorker"
 GPOOL_PYWSGI_WORKER = "gpool.workers.GPoolPyWSGIWorker"
 # Bounds for a loaded machine; passing exchanges take milliseconds.
@@ -257,19 +255,9 @@ def gunicorn(
     earlier waits in the listen queue).
     """
     listener = listening_socket()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        f"--bind=fd://{listener.fileno()}",
-        f"--worker-class={worker_class}",
-        f"--workers={workers}",
-        f"--graceful-timeout={LONG}",
-        f"--pythonpath={APPS}",
-        *CONTROL_SOCKET_OFF,
-        *options,
-        "keepalive_probe:app",
-    ]
+    command = gunicorn_command(
+        listener, worker_class, "keepalive_probe:app", f"--workers={workers}", f"--graceful-timeout={LONG}", *options
+    )
     with launched(command, listener, tmp_path, env or {}) as master:
         if worker_class.startswith("gpool."):
             wait_for_log(master, "Worker serving", workers)

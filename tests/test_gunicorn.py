@@ -163,23 +163,31 @@ def launched(command: list[str], listener: socket.socket, tmp_path: Path, env: d
             proc.wait(timeout=TIMEOUT)
 
 
-@contextmanager
-def gunicorn(tmp_path: Path, worker_class: str, *options: str, env: dict[str, str] | None = None) -> Iterator[Master]:
-    """One gunicorn master with one worker of *worker_class* serving pool_probe:app."""
-    listener = listening_socket()
-    command = [
+def gunicorn_command(
+    listener: socket.socket, worker_class: str, app: str, *options: str, path: Path = APPS
+) -> list[str]:
+    """``python -m gunicorn`` serving *app* (from *path*) on *listener* with *worker_class*;
+    later *options* win over earlier ones, as on gunicorn's command line."""
+    return [
         sys.executable,
         "-m",
         "gunicorn",
         f"--bind=fd://{listener.fileno()}",
         f"--worker-class={worker_class}",
-        "--workers=1",
-        f"--graceful-timeout={LONG}",
-        f"--pythonpath={APPS}",
+        f"--pythonpath={path}",
         *CONTROL_SOCKET_OFF,
         *options,
-        "pool_probe:app",
+        app,
     ]
+
+
+@contextmanager
+def gunicorn(tmp_path: Path, worker_class: str, *options: str, env: dict[str, str] | None = None) -> Iterator[Master]:
+    """One gunicorn master with one worker of *worker_class* serving pool_probe:app."""
+    listener = listening_socket()
+    command = gunicorn_command(
+        listener, worker_class, "pool_probe:app", "--workers=1", f"--graceful-timeout={LONG}", *options
+    )
     with launched(command, listener, tmp_path, env or {}) as master:
         yield master
 

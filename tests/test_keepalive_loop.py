@@ -58,7 +58,7 @@ from .test_differential import (
     wait_for,
     wait_for_log,
 )
-from .test_gunicorn import CONTROL_SOCKET_OFF, child_environment, launched, listening_socket
+from .test_gunicorn import child_environment, gunicorn_command, launched, listening_socket
 
 GPOOL_CLASSES = [GPOOL_WORKER, GPOOL_PYWSGI_WORKER]
 ANCHOR_CLASSES = ["gevent", "gevent_pywsgi"]
@@ -523,17 +523,7 @@ def test_reclaim_idle_after_takes_a_positive_number(value: Any) -> None:
 @pytest.mark.parametrize("worker_class", GPOOL_CLASSES)
 def test_a_bad_reclaim_idle_after_stops_gunicorn(tmp_path: Path, worker_class: str) -> None:
     listener = listening_socket()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        f"--bind=fd://{listener.fileno()}",
-        f"--worker-class={worker_class}",
-        "--workers=2",
-        f"--pythonpath={APPS}",
-        *CONTROL_SOCKET_OFF,
-        "keepalive_probe:app",
-    ]
+    command = gunicorn_command(listener, worker_class, "keepalive_probe:app", "--workers=2")
     with launched(command, listener, tmp_path, {"GPOOL_RECLAIM_IDLE_AFTER": "-1"}) as master:
         assert master.exit_status() == WORKER_BOOT_ERROR
         log = master.log()

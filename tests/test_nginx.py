@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import re
 import signal
-import sys
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -26,11 +25,10 @@ import pytest
 from .apps.nginx_echo import LOADED_MARK
 from .nginx_helpers import Load, Nginx, Request, Wrk, nginx_proxy, wrk_binary
 from .test_gunicorn import (
-    APPS,
-    CONTROL_SOCKET_OFF,
     GPOOL_PYWSGI_WORKER,
     GPOOL_WORKER,
     Master,
+    gunicorn_command,
     launched,
     listening_socket,
 )
@@ -55,17 +53,7 @@ def gunicorn_master(
 ) -> Iterator[Master]:
     """A gunicorn master serving nginx_echo:app, killed on exit."""
     listener = listening_socket()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        f"--bind=fd://{listener.fileno()}",
-        f"--worker-class={worker_class}",
-        f"--pythonpath={APPS}",
-        *CONTROL_SOCKET_OFF,
-        *options,
-        "nginx_echo:app",
-    ]
+    command = gunicorn_command(listener, worker_class, "nginx_echo:app", *options)
     with launched(command, listener, tmp_path, env or {}) as master:
         yield master
 

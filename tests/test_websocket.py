@@ -36,7 +36,7 @@ from gpool.wsgi import WSGIServer  # noqa: E402
 
 from .helpers import connect, read_all, running  # noqa: E402
 from .test_examples import IO_TIMEOUT, run_example  # noqa: E402
-from .test_gunicorn import CONTROL_SOCKET_OFF, TIMEOUT, launched, listening_socket  # noqa: E402
+from .test_gunicorn import TIMEOUT, gunicorn_command, launched, listening_socket  # noqa: E402
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 PLAIN = b"plain answer\n"
@@ -323,19 +323,15 @@ def test_example_echoes_and_stops(tmp_path: Path) -> None:
 
 def test_gunicorn_websocket_worker(tmp_path: Path) -> None:
     listener = listening_socket()
-    command = [
-        sys.executable,
-        "-m",
-        "gunicorn",
-        f"--bind=fd://{listener.fileno()}",
-        "--worker-class=gpool.workers.GPoolWebSocketWorker",
+    command = gunicorn_command(
+        listener,
+        "gpool.workers.GPoolWebSocketWorker",
+        "websocket_echo:app",
         "--workers=1",
         "--graceful-timeout=1",
         "--access-logfile=-",
-        f"--pythonpath={EXAMPLES}",
-        *CONTROL_SOCKET_OFF,
-        "websocket_echo:app",
-    ]
+        path=EXAMPLES,
+    )
     with launched(command, listener, tmp_path, {}) as master:
         base = f"127.0.0.1:{master.port}"
         ws = websocket.create_connection(f"ws://{base}/echo", timeout=TIMEOUT)
