@@ -13,9 +13,10 @@ safe only in two ways:
   that was busy a moment ago: one sending back to back is closed only gracefully.
 
 The server integrations (:mod:`gpool.wsgi`, :mod:`gpool.workers`) register every
-connection here, *park* it while its worker blocks in the protocol's own read of the
-next request (nothing received yet: no extra wait, watcher or timer per request) and
-unpark it as soon as that read returns. Everything here runs in the hub or in the
+connection here and *park* it while its worker waits, in the protocol's own read of
+the next request, for the first byte of it (:meth:`IdleConnections.wait_parked`: the
+socket's own watcher, no extra wait or timer per request); it is unparked the moment
+that byte arrives. Everything here runs in the hub or in the
 connection's own greenlet, and never blocks.
 """
 
@@ -24,9 +25,10 @@ from __future__ import annotations
 import logging
 import socket
 from time import monotonic
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from gevent import get_hub
+from gevent.socket import wait_read
 
 from ._validate import check_seconds
 
@@ -61,6 +63,9 @@ class Connection:
         self.close_requested = True
 
 
+_C = TypeVar("_C", bound=Connection)
+
+
 class IdleConnections:
     """Every open connection of one server; the parked ones in the order they parked.
 
@@ -90,7 +95,7 @@ class IdleConnections:
 
     # -- called by the connection's greenlet -----------------------------------------
 
-    def open(self, sock: Any, kind: type[Connection] = Connection) -> Connection:
+    def open(self, sock: Any, kind: type[_C] = Connection) -> _C:  # type: ignore[assignment]
         connection = kind(sock)
         if self.draining:
             connection.close_requested = True
@@ -101,15 +106,22 @@ class IdleConnections:
         self._open.pop(connection, None)
         self._parked.pop(connection, None)
 
-    def park(self, connection: Connection) -> None:
-        """*connection* waits for the first byte of its next request."""
+    def wait_parked(self, connection: Connection, sock: Any) -> None:
+        """Block until *sock* is readable, *connection* parked meanwhile: it waits for
+        the first byte of its next request.
+
+        For the keep-alive wait of a read that has just found nothing: the caller then
+        reads the socket, which has data (or EOF) for it. Raises what the socket's own
+        blocking read would on its timeout.
+        """
         connection.parked_since = self._clock()
         self._parked[connection] = None
         if self._wanted or self.draining:
             self._arm_timer()
-
-    def unpark(self, connection: Connection) -> None:
-        self._parked.pop(connection, None)
+        try:
+            _wait_readable(sock)
+        finally:
+            self._parked.pop(connection, None)
 
     # -- called in the hub -----------------------------------------------------------
 
@@ -220,6 +232,17 @@ def connection_state(sock: Any) -> str:
     except OSError:
         return "gone"
     return "arriving" if data else "gone"
+
+
+def _wait_readable(sock: Any) -> None:
+    try:
+        # The socket's own read watcher and timeout, as gevent's recv waits on them:
+        # no new watcher per wait, and no second failed recv before it.
+        wait, watcher = sock._wait, sock._read_event
+    except AttributeError:  # not a gevent socket
+        wait_read(sock.fileno(), sock.gettimeout())
+        return
+    wait(watcher)
 
 
 def _hang_up(sock: Any) -> None:

@@ -73,10 +73,7 @@ class WebSocketHandler(WSGIHandler, _UpgradingHandler):  # type: ignore[misc]  #
     def _become_stream(self) -> None:
         """This connection serves no more HTTP requests: take it out of the server's
         keep-alive bookkeeping, and give its pool slot back."""
-        connection, connections = self._connection, self._connections
-        if connection is not None and connections is not None:
-            connections.close(connection)
-            self._connection = None
+        self._leave_idle_connections()
         pool = current_pool()
         if pool is None:
             return  # gevent's Pool or no pool at all: nothing to detach from

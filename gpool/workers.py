@@ -78,7 +78,6 @@ import gunicorn  # type: ignore[import-untyped]
 from gevent import GreenletExit
 from gevent.event import Event
 from gevent.server import StreamServer
-from gevent.socket import wait_read
 from greenlet import getcurrent
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.http.body import ChunkedReader, LengthReader  # type: ignore[import-untyped]
@@ -396,20 +395,12 @@ class _NextRequestRead:
                 return data
             except BlockingIOError:
                 pass
-        connections, connection = self.connections, self.connection
-        connections.park(connection)
-        try:
-            if self.tls:
-                # OpenSSL takes a partial record off the socket and holds it, where a
-                # peek cannot see it: park only while nothing at all has arrived (one
-                # extra wait per request, on TLS only). gunicorn's keep-alive timeout
-                # bounds this wait as it bounds the read.
-                wait_read(sock.fileno())
-                connections.unpark(connection)
-            data = sock.recv(size)
-        finally:
-            connections.unpark(connection)
-        return data
+        # OpenSSL takes a partial record off the socket and holds it, where a peek
+        # cannot see it: on TLS, park only while nothing at all has arrived.
+        if not (self.tls and sock.pending()):
+            self.connections.wait_parked(self.connection, sock)
+        received: bytes = sock.recv(size)
+        return received
 
 
 class GPoolWorker(_PoolWorker):
@@ -472,7 +463,7 @@ class GPoolWorker(_PoolWorker):
     def _serve_connection(self, listener: Any, connections: IdleConnections, client: Any, addr: Any) -> None:
         current = getcurrent()
         connection = connections.open(client, _GunicornConnection)
-        self._connections[current] = (connections, connection)  # type: ignore[assignment]
+        self._connections[current] = (connections, connection)
         try:
             self.handle(listener, client, addr)
         finally:

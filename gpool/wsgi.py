@@ -22,7 +22,6 @@ import io
 from typing import Any
 
 from gevent import pywsgi
-from gevent.socket import wait_read
 
 from ._isolation import forget_request_state, isolates_requests
 from ._keepalive import Connection, IdleConnections
@@ -55,53 +54,96 @@ class WSGIHandler(pywsgi.WSGIHandler):  # type: ignore[misc]
     close_connection: bool
     response_headers: list[tuple[bytes, bytes]]
 
+    # gpool's state for the connection is one attribute on the handler, and lives in a
+    # slotted object: pywsgi sets some 25 attributes on its handler, and five more of
+    # gpool's made CPython 3.11 give up sharing the class's instance-dict keys, which
+    # slowed every attribute access of pywsgi's request loop (callgrind: +5,600
+    # instructions a request, 2% of a bare app's cost).
+    _connection: _HandlerConnection
+
     def __init__(self, sock: Any, address: Any, server: Any, rfile: Any = None) -> None:
-        self._reader: _ConnectionReader | None = None
-        self._connections: IdleConnections | None = getattr(server, "idle_connections", None)
-        self._connection: Connection | None = None
-        if self._connections is not None:
-            self._connection = self._connections.open(sock)
+        connections: IdleConnections | None = getattr(server, "idle_connections", None)
+        if connections is None:
+            connection = _HandlerConnection(sock)  # nothing can reclaim or drain it
+        else:
+            connection = connections.open(sock, _HandlerConnection)
+            connection.connections = connections
             if rfile is None:
                 # Our own reader over the socket (pywsgi takes it as rfile): its read of
                 # the next request is the keep-alive wait, and it knows whether any
                 # byte of that request has arrived.
-                self._reader = _ConnectionReader(sock)
-                rfile = io.BufferedReader(self._reader)
-        self._isolate = isolates_requests(getattr(server, "pool", None))
-        self._requests = 0
+                connection.reader = _ConnectionReader(sock, connections, connection)
+                rfile = io.BufferedReader(connection.reader)
+        connection.isolate = isolates_requests(getattr(server, "pool", None))
+        connection.handler = self  # a cycle, broken when the connection closes
+        self._connection = connection
+        if connection.close_requested:
+            connection.request_close()
         super().__init__(sock, address, server, rfile)
 
     def handle(self) -> None:
         try:
             super().handle()
         finally:
-            if self._connection is not None:
-                self._connections.close(self._connection)  # type: ignore[union-attr]
-                self._connection = None
+            self._leave_idle_connections()
+            self._connection.handler = None
+
+    def _leave_idle_connections(self) -> None:
+        """Take the connection out of the server's keep-alive bookkeeping: it serves no
+        more requests."""
+        connection = self._connection
+        connections, connection.connections = connection.connections, None
+        if connections is not None:
+            connections.close(connection)
 
     def read_requestline(self) -> str:
-        if self._requests:
+        connection = self._connection
+        if connection.requests:
             # Between two requests on one connection.
-            if self._isolate:
+            if connection.isolate:
                 forget_request_state()
-            reader, connection = self._reader, self._connection
-            if reader is not None and connection is not None and not reader.buffered(self.rfile):
-                # Nothing of the next request received yet: park during the read.
-                reader.park_during_next_read(self._connections, connection)  # type: ignore[arg-type]
-        self._requests += 1
+            reader = connection.reader
+            if reader is not None:
+                reader.read_next_request(self.rfile)
+        connection.requests += 1
         line: str = super().read_requestline()
         return line
 
-    def finalize_headers(self) -> None:
+    def _say_connection_close(self) -> None:
+        """From the next response whose headers are not sent yet on, say ``Connection:
+        close`` and close after it. Runs in the hub."""
+        # An instance attribute in front of the class's method: until a close is asked
+        # for, responses pay for no check.
+        self.finalize_headers = self._finalize_closing_headers
+
+    def _finalize_closing_headers(self) -> None:
         # Called as the headers go out: the last moment to say this is the last response.
         super().finalize_headers()
-        connection = self._connection
-        if connection is not None and connection.close_requested and not self.close_connection:
+        if not self.close_connection:
             self.close_connection = True
             self.response_headers = [
                 (name, value) for name, value in self.response_headers if name.lower() != b"connection"
             ]
             self.response_headers.append((b"Connection", b"close"))
+
+
+class _HandlerConnection(Connection):
+    """A connection served by a :class:`WSGIHandler`, and what the handler keeps for it."""
+
+    __slots__ = ("connections", "handler", "isolate", "reader", "requests")
+
+    def __init__(self, sock: Any) -> None:
+        super().__init__(sock)
+        self.connections: IdleConnections | None = None  # the server's, if it has them
+        self.handler: WSGIHandler | None = None
+        self.reader: _ConnectionReader | None = None
+        self.isolate = True  # per-request isolation
+        self.requests = 0  # begun on the connection so far
+
+    def request_close(self) -> None:
+        super().request_close()
+        if self.handler is not None:
+            self.handler._say_connection_close()
 
 
 WSGIServer.handler_class = WSGIHandler
@@ -110,12 +152,12 @@ WSGIServer.handler_class = WSGIHandler
 class _ConnectionReader(io.RawIOBase):
     """A raw reader over a gevent socket that can park its connection while blocked."""
 
-    def __init__(self, sock: Any) -> None:
+    def __init__(self, sock: Any, connections: IdleConnections, connection: Connection) -> None:
         super().__init__()
         self._sock = sock
-        self._probing = False
-        self._park_in: IdleConnections | None = None
-        self._connection: Connection | None = None
+        self._connections = connections
+        self._connection = connection
+        self._next_request = False  # set while reading the first bytes of one
         self._pending = getattr(sock, "pending", None)  # a TLS socket's
         # gevent's socket wraps a non-blocking socket of the standard library.
         self._raw = None if self._pending is not None else getattr(sock, "_sock", None)
@@ -123,27 +165,21 @@ class _ConnectionReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def buffered(self, rfile: io.BufferedReader) -> bool:
-        """True if *rfile* holds unread bytes; never reads the socket."""
-        self._probing = True
+    def read_next_request(self, rfile: io.BufferedReader) -> None:
+        """Have *rfile* (over this reader) hold the first bytes of the connection's next
+        request, parking the connection while it waits for them. Does nothing if
+        *rfile* holds some already (pipelined)."""
+        self._next_request = True
         try:
-            return bool(rfile.peek(1))
+            rfile.peek(1)  # reads (through readinto) only if nothing is buffered
         finally:
-            self._probing = False
-
-    def park_during_next_read(self, connections: IdleConnections, connection: Connection) -> None:
-        self._park_in = connections
-        self._connection = connection
+            self._next_request = False
 
     def readinto(self, buffer: Any) -> int | None:
-        if self._probing:
-            return None  # "would block": peek() reports only what is buffered
-        connections = self._park_in
-        if connections is None:
+        if not self._next_request:
             received: int = self._sock.recv_into(buffer)
             return received
-        self._park_in = None
-        connection, self._connection = self._connection, None
+        connections, connection = self._connections, self._connection
         sock = self._sock
         pending = self._pending
         if pending is not None:
@@ -157,11 +193,8 @@ class _ConnectionReader(io.RawIOBase):
                 return arrived
             except BlockingIOError:
                 pass
-        connections.park(connection)  # type: ignore[arg-type]
-        try:
-            received = sock.recv_into(buffer)
-        finally:
-            connections.unpark(connection)  # type: ignore[arg-type]
+        connections.wait_parked(connection, sock)
+        received = sock.recv_into(buffer)
         return received
 
     def _read_tls(self, sock: Any, pending: Any, connections: IdleConnections, connection: Any, buffer: Any) -> int:
@@ -175,10 +208,6 @@ class _ConnectionReader(io.RawIOBase):
         (which costs TLS connections one extra wait per request).
         """
         if not pending():
-            connections.park(connection)
-            try:
-                wait_read(sock.fileno(), sock.gettimeout())
-            finally:
-                connections.unpark(connection)
+            connections.wait_parked(connection, sock)
         received: int = sock.recv_into(buffer)
         return received

@@ -548,3 +548,50 @@ def test_gpool_serve_refuses_a_bad_reclaim_idle_after() -> None:
     assert len(lines) == 1, done.stderr
     # Refused as a bad value (not as an unknown flag), with what is allowed.
     assert "--reclaim-idle-after must be a positive" in lines[0] and "-1" in lines[0], lines[0]
+
+
+# -- the handler's footprint -------------------------------------------------------------
+
+
+def test_gpool_handler_adds_one_attribute_to_pywsgis() -> None:
+    """pywsgi's handler sets some 25 attributes on itself per request; a few more made
+    CPython stop sharing the class's instance-dict keys, slowing every attribute access
+    of the request loop. gpool keeps its per-connection state in one attribute."""
+    from gevent import pywsgi
+    from gevent.event import Event
+
+    from gpool.wsgi import WSGIHandler
+
+    def attributes_after_three_requests(server_class: type, handler_base: type, **options: Any) -> set[str]:
+        seen: list[str] = []
+        finished = Event()
+
+        class Recording(handler_base):  # type: ignore[misc]
+            def handle(self) -> None:
+                try:
+                    super().handle()
+                finally:
+                    seen.extend(self.__dict__)
+                    finished.set()
+
+        def hello(environ: Any, start_response: Any) -> list[bytes]:
+            start_response("200 OK", [("Content-Length", "2")])
+            return [b"ok"]
+
+        with running(server_class(("127.0.0.1", 0), hello, handler_class=Recording, **options)) as server:
+            with gevent.socket.create_connection(("127.0.0.1", server.server_port), timeout=5) as client:
+                for _ in range(3):
+                    client.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                    response = b""
+                    while not response.endswith(b"\r\n\r\nok"):
+                        chunk = client.recv(4096)
+                        assert chunk, f"connection closed after {response!r}"
+                        response += chunk
+                    assert response.startswith(b"HTTP/1.1 200 OK")
+            assert finished.wait(5), "the handler did not finish after the client closed"
+        return set(seen)
+
+    pywsgis = attributes_after_three_requests(GeventWSGIServer, pywsgi.WSGIHandler)
+    gpools = attributes_after_three_requests(WSGIServer, WSGIHandler, spawn=WorkerPool(2))
+    assert len(pywsgis) > 20  # the comparison means something
+    assert gpools - pywsgis == {"_connection"}

@@ -143,7 +143,7 @@ def test_handler_combines_gpool_and_gevent_websocket() -> None:
 
     from gpool.wsgi import WSGIHandler
 
-    for name in ("__init__", "handle", "read_requestline", "finalize_headers"):
+    for name in ("__init__", "handle", "read_requestline", "_say_connection_close"):
         assert getattr(WebSocketHandler, name) is getattr(WSGIHandler, name), name
     for name in ("run_application", "upgrade_websocket", "start_response"):
         assert getattr(WebSocketHandler, name) is getattr(Upgrading, name), name
