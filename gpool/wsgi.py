@@ -179,11 +179,7 @@ class _ConnectionReader(io.RawIOBase):
         if not self._next_request:
             received: int = self._sock.recv_into(buffer)
             return received
-        connections, connection = self._connections, self._connection
         sock = self._sock
-        pending = self._pending
-        if pending is not None:
-            return self._read_tls(sock, pending, connections, connection, buffer)
         raw = self._raw
         if raw is not None:
             try:
@@ -193,21 +189,14 @@ class _ConnectionReader(io.RawIOBase):
                 return arrived
             except BlockingIOError:
                 pass
-        connections.wait_parked(connection, sock)
+        # Idle means nothing of a next request has arrived, and a TLS socket hides two
+        # kinds of arrival from a peek at the raw socket: bytes already decrypted with
+        # an earlier record (pending()), and the first part of a record, which OpenSSL
+        # takes off the socket and holds until the rest arrives. So a TLS connection is
+        # parked only while its socket has nothing to read, never during the TLS read
+        # (one extra wait per request on TLS).
+        pending = self._pending
+        if pending is None or not pending():
+            self._connections.wait_parked(self._connection, sock)
         received = sock.recv_into(buffer)
-        return received
-
-    def _read_tls(self, sock: Any, pending: Any, connections: IdleConnections, connection: Any, buffer: Any) -> int:
-        """The keep-alive wait on a TLS socket.
-
-        Idle means nothing of a next request has arrived, and a TLS socket hides two
-        kinds of arrival from a peek at the raw socket: bytes already decrypted with an
-        earlier record (``pending()``), and the first part of a record, which OpenSSL
-        takes off the socket and holds until the rest arrives. So the connection is
-        parked only while the socket has nothing to read, never during the TLS read
-        (which costs TLS connections one extra wait per request).
-        """
-        if not pending():
-            connections.wait_parked(connection, sock)
-        received: int = sock.recv_into(buffer)
         return received
