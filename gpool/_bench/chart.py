@@ -20,6 +20,16 @@ _PANELS = (
     ("dispatch", "us_per_task", "dispatch from the hub", "us per task", False),
     ("memory", "rss_mb_held", "RSS holding the connections", "MB", False),
     ("tcp-churn", "p99_ms", "p99 latency, raw-TCP churn", "ms", False),
+    ("gunicorn-gevent-churn", "rps", "gunicorn -k gevent vs GPoolWorker, churn", "requests/s", True),
+    ("gunicorn-gevent-keepalive", "rps", "gunicorn -k gevent vs GPoolWorker, keep-alive", "requests/s", True),
+    ("gunicorn-pywsgi-churn", "rps", "gunicorn -k gevent_pywsgi vs GPoolPyWSGIWorker, churn", "requests/s", True),
+    (
+        "gunicorn-pywsgi-keepalive",
+        "rps",
+        "gunicorn -k gevent_pywsgi vs GPoolPyWSGIWorker, keep-alive",
+        "requests/s",
+        True,
+    ),
 )
 _SHORT = {
     "default": "spawn=\n'default'",
@@ -28,9 +38,17 @@ _SHORT = {
     "gpool-noiso": "WorkerPool\nisolate=False",
     "gpool@alt": "WorkerPool\n[alt]",
     "gpool-noiso@alt": "WorkerPool\nisolate=False\n[alt]",
-    "floor": "floor: bare\nhand-off",
+    "floor": "floor: bare\nreuse pool",
+    "handoff": "handoff: bare\nhand-off",
 }
-_COLOURS = {"default": "#9e9e9e", "pool": "#5c6bc0", "gpool": "#e65100", "gpool-noiso": "#ffa726"}
+_COLOURS = {"default": "#9e9e9e", "pool": "#5c6bc0", "gpool": "#e65100", "gpool-noiso": "#ffa726", "floor": "#26a69a"}
+
+
+def _short(name: str, labels: dict[str, str]) -> str:
+    """A bar's label: the gunicorn scenarios name worker classes, the others strategies."""
+    if name in labels:
+        return labels[name].replace("gunicorn -k ", "-k ").replace("gpool.workers.", "").replace(", ", "\n")
+    return _SHORT.get(name, name)
 
 
 def write_chart(report: dict[str, Any], path: str) -> str | None:
@@ -53,6 +71,7 @@ def write_chart(report: dict[str, Any], path: str) -> str | None:
         ax.set_visible(False)
     for ax, (scenario, metric, title, unit, higher) in zip(axes.flat, panels):
         summary = scenarios[scenario]["summary"][metric]
+        labels = scenarios[scenario].get("labels", {})
         names = list(summary)
         medians = [summary[n]["median"] for n in names]
         low = [summary[n]["median"] - summary[n]["min"] for n in names]
@@ -66,7 +85,7 @@ def write_chart(report: dict[str, Any], path: str) -> str | None:
                 ax.annotate(f"{ratio:.2f}x", (x, summary[n]["max"]), ha="center", va="bottom", fontsize=8,
                             xytext=(0, 2), textcoords="offset points")  # fmt: skip
         ax.set_xticks(list(xs))
-        ax.set_xticklabels([_SHORT.get(n, n) for n in names], fontsize=7)
+        ax.set_xticklabels([_short(n, labels) for n in names], fontsize=7)
         ax.set_ylim(0, max(summary[n]["max"] for n in names) * 1.15)
         ax.set_title(f"{title} ({'higher' if higher else 'lower'} is better)", fontsize=9)
         ax.set_ylabel(unit, fontsize=8)
@@ -74,7 +93,7 @@ def write_chart(report: dict[str, Any], path: str) -> str | None:
     m = report["machine"]
     fig.suptitle(
         f"gpool bench: {m.get('cpu_model', '?')}, Python {m.get('python')}, gevent {m.get('gevent', '?')}; "
-        f"load: {report['load']}; ratios vs gevent.pool.Pool",
+        f"load: {report['load']}; ratios vs gevent.pool.Pool (gunicorn: vs gevent's worker class)",
         fontsize=9,
     )
     fig.tight_layout()

@@ -3,6 +3,20 @@
 This process only orchestrates: it starts servers, load generators and the dispatch
 measurement as child processes, reads what they say, and reports. It never runs a
 gevent hub, so nothing it does competes with what is measured.
+
+Strategies and scenarios:
+
+- ``default``, ``pool``, ``gpool``, ``gpool-noiso``: what a server is given as
+  ``spawn=`` (gevent's default, ``gevent.pool.Pool``, ``WorkerPool`` with isolation on
+  and off); ``floor``: the measuring stick of :mod:`.floor` (WorkerPool's design with
+  no bookkeeping), in the raw-TCP and pywsgi scenarios and dispatch.
+- The gunicorn scenarios (``gunicorn-*``) run ``gunicorn -w 1`` with ``--app`` (Flask
+  or a bare WSGI callable) and map three strategies onto worker classes: ``pool`` is
+  the anchor (``-k gevent`` / ``-k gevent_pywsgi``, which spawn on
+  ``gevent.pool.Pool``), ``gpool`` is ``GPoolWorker`` / ``GPoolPyWSGIWorker``,
+  ``gpool-noiso`` the same with ``GPOOL_ISOLATE=0``. Their "vs Pool" ratios are
+  against that anchor. Without gunicorn, packaging or Flask they are skipped with a
+  note naming what to install.
 """
 
 from __future__ import annotations
@@ -12,14 +26,27 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from typing import Any, Callable
 
 from .chart import write_chart
+from .gunicorn import INSTALL_HINT, unavailable
 from .load import LoadGenerator, choose_load
 from .machine import describe_machine
 from .procs import ChildFailed, Pinning, kill_all
 from .report import add_summaries, format_report, write_json
-from .scenarios import CHURN, SCENARIOS, Progress, Settings, run_churn, run_dispatch, run_memory
+from .scenarios import (
+    APPS,
+    CHURN,
+    GUNICORN_SCENARIOS,
+    SCENARIOS,
+    Progress,
+    Settings,
+    memory_strategies,
+    run_churn,
+    run_dispatch,
+    run_memory,
+)
 from .strategies import STRATEGIES, alt_names
 from .targets import evaluate
 
@@ -81,12 +108,19 @@ def _gpool_copy(text: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     """Add the options of ``gpool bench`` to *parser*."""
     parser.description = (
-        "Compare gpool.WorkerPool with gevent's default spawn and gevent.pool.Pool: servers in child "
-        "processes pinned to one CPU, load from wrk (or a built-in generator) on another. Prints tables, "
-        "writes a JSON file and a PNG chart."
+        "Compare gpool.WorkerPool with gevent's default spawn and gevent.pool.Pool, and gpool's gunicorn "
+        "workers with gunicorn's gevent workers: servers in child processes pinned to one CPU, load from wrk "
+        "(or a built-in generator) on another. Prints tables, writes a JSON file and a PNG chart. "
+        "Strategies: default, pool, gpool, gpool-noiso (spawn='default', gevent.pool.Pool, WorkerPool with "
+        "isolation on and off) and floor (a minimal reuse pool with no bookkeeping, the measuring stick: "
+        "raw-TCP, pywsgi and dispatch scenarios only). In the gunicorn-* scenarios (gunicorn -w 1, "
+        "churn and keep-alive) pool is the anchor worker class (-k gevent / -k gevent_pywsgi), gpool is "
+        "gpool.workers.GPoolWorker / GPoolPyWSGIWorker, gpool-noiso the same with GPOOL_ISOLATE=0; the "
+        f"others do not apply there. They need gunicorn, packaging and Flask ({INSTALL_HINT}) and are "
+        "skipped with a note without them."
     )
     add = parser.add_argument
-    add("--quick", action="store_true", help="a smoke run in under a minute: fewer, shorter rounds")
+    add("--quick", action="store_true", help="a smoke run in under two minutes: fewer, shorter rounds")
     add("--scenario", action="append", choices=SCENARIOS, metavar="NAME",
         help=f"run this scenario (repeatable; default: all): {', '.join(SCENARIOS)}")  # fmt: skip
     add("--strategy", action="append", choices=STRATEGIES, metavar="NAME",
@@ -95,6 +129,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add("--duration", type=_positive(float), help="seconds of measured load per run (default 5; quick 1)")
     add("--warmup", type=_not_negative, help="seconds of discarded load before each run (default 1; quick 0)")
     add("--connections", type=_positive(int), default=50, help="concurrent client connections (default 50)")
+    add("--app", choices=APPS, default="flask",
+        help="the gunicorn scenarios' WSGI app: a Flask hello-world or a bare callable (default flask)")  # fmt: skip
     add("--memory-connections", type=_positive(int), metavar="N",
         help="connections held open in the memory scenario (default 10000; quick 1000)")  # fmt: skip
     add("--memory-rounds", type=_positive(int), metavar="N", help="rounds of the memory scenario (default 3; quick 1)")
@@ -139,6 +175,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         alt=args.alt,
         quick=args.quick,
         max_other_load=args.max_other_load,
+        app=args.app,
         **resolved,
     )
 
@@ -158,10 +195,24 @@ def run(args: argparse.Namespace) -> int:
             Progress.line(f"note: {note}")
     if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
         signal.signal(signal.SIGTERM, _on_sigterm)
+    skipped: dict[str, str] = {}
+    wanted_gunicorn = [name for name in settings.scenarios if name in GUNICORN_SCENARIOS]
+    why_not = unavailable(settings.app) if wanted_gunicorn else None
+    for name in wanted_gunicorn:
+        if why_not:
+            skipped[name] = why_not
+        elif not CHURN[name].strategies(settings.strategies):
+            skipped[name] = "none of the chosen strategies applies (pool, gpool, gpool-noiso do)"
+    if why_not:
+        Progress.line(f"note: skipping the gunicorn scenarios: {why_not}")
+    for name, why in skipped.items():
+        if why != why_not:
+            Progress.line(f"note: skipping {name}: {why}")
+    settings = replace(settings, scenarios=tuple(name for name in settings.scenarios if name not in skipped))
     steps = sum(
-        settings.rounds * len(settings.strategies) if name in CHURN else
+        settings.rounds * len(CHURN[name].strategies(settings.strategies)) if name in CHURN else
         1 if name == "dispatch" else
-        settings.memory_rounds * len(settings.strategies) if name == "memory" else 0
+        settings.memory_rounds * len(memory_strategies(settings.strategies)) if name == "memory" else 0
         for name in settings.scenarios
     )  # fmt: skip
     progress = Progress(steps)
@@ -172,6 +223,7 @@ def run(args: argparse.Namespace) -> int:
         "load": load_kind,
         "argv": sys.argv,
         "scenarios": {},
+        "skipped": skipped,
     }
     Progress.line(
         f"gpool bench: {', '.join(settings.scenarios)}; strategies {', '.join(settings.strategies)}; "

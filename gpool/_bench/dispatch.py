@@ -9,10 +9,11 @@ is divided by N: microseconds per task, suspend and resume included.
 
 A second mode runs tasks that never block, which leaves the pool's own cost.
 
-A reference row, ``floor``, hands tasks to bare parked greenlets with no bookkeeping
-at all (no counters, no isolation, no culling, no error handling): no pool built on
-greenlets can dispatch for less, so the gap between it and ``gevent.pool.Pool`` is
-the most that dispatch can save.
+Two reference rows (:mod:`.floor`): ``floor`` (when that strategy is chosen) is
+WorkerPool's design with no bookkeeping at all (a LIFO list of parked greenlets, each
+on its own ``Channel``), and ``handoff`` switches each task straight into a bare parked
+greenlet, without even the channel: no pool built on greenlets can dispatch for less,
+so the gap between it and ``gevent.pool.Pool`` is the most that dispatch can save.
 
 Every strategy gets one full batch before timing starts, so a ``WorkerPool`` begins
 with N idle workers, as a server does after its first burst. Strategies alternate
@@ -31,47 +32,11 @@ from time import perf_counter
 from typing import Any, Callable
 
 from .child import die_with_parent, say
-from .strategies import make_spawn
+from .floor import BareHandOff, FloorPool
+from .strategies import FLOOR, make_spawn
 
 MODES = ("block", "noblock")
-FLOOR = "floor"
-
-
-class BareHandOff:
-    """The floor: a task is switched straight into a parked raw greenlet, which runs it
-    and parks again in the hub. Not a usable pool: nothing else happens."""
-
-    def __init__(self) -> None:
-        import gevent
-
-        self._hub = gevent.get_hub()
-        self._parked: list[Any] = []
-        self._running = 0
-
-    def _serve(self, task: tuple[Callable[..., Any], tuple[Any, ...]]) -> None:
-        from greenlet import getcurrent
-
-        me = getcurrent()
-        parked = self._parked
-        park = self._hub.switch
-        while True:
-            func, args = task
-            func(*args)
-            self._running -= 1
-            parked.append(me)
-            task = park()
-
-    def spawn(self, func: Callable[..., Any], *args: Any) -> None:
-        from greenlet import greenlet
-
-        self._running += 1
-        if self._parked:
-            self._parked.pop().switch((func, args))
-        else:
-            greenlet(self._serve, self._hub).switch((func, args))
-
-    def __len__(self) -> int:
-        return self._running
+HANDOFF = "handoff"
 
 
 def _batch_runner(n: int, block: bool) -> Callable[[Any], float]:
@@ -90,7 +55,7 @@ def _batch_runner(n: int, block: bool) -> Callable[[Any], float]:
         def finish() -> None:
             # Queued after the last task's own callbacks (a gevent Pool drops its
             # greenlets in link callbacks); queued again until the pool is empty.
-            if pool is None or len(pool) == 0:
+            if pool is None or not hasattr(pool, "__len__") or len(pool) == 0:
                 times[1] = perf_counter()
                 done.set()
             else:
@@ -123,8 +88,11 @@ def measure(strategies: list[str], n: int, rounds: int, alt: str | None) -> dict
     # max_idle is raised so that no worker is culled between batches.
     pools: dict[str, Any] = {}
     for name in strategies:
-        if name == FLOOR:
+        if name == HANDOFF:
             pools[name] = BareHandOff()
+            continue
+        if name == FLOOR:  # the pool itself: dispatch calls its spawn
+            pools[name] = FloorPool()
             continue
         spawn = make_spawn(name, alt, max_idle=600.0)
         pools[name] = None if spawn == "default" else spawn

@@ -17,11 +17,27 @@ import subprocess
 import sys
 import tempfile
 import time
-from typing import IO, Any, Sequence
+from typing import IO, Any, Protocol, Sequence
 
-__all__ = ["Child", "ChildFailed", "Pinning", "child_setup", "kill_all"]
+__all__ = ["Child", "ChildFailed", "Pinning", "child_setup", "kill_all", "track", "untrack"]
 
-_live: set[Child] = set()
+
+class _Killable(Protocol):
+    def kill(self) -> None: ...
+
+
+# Every process started and not yet reaped (a Child, a gunicorn server), for kill_all.
+_live: set[_Killable] = set()
+
+
+def track(process: _Killable) -> None:
+    """Have :func:`kill_all` end *process* (by its ``kill()``) until :func:`untrack`."""
+    _live.add(process)
+
+
+def untrack(process: _Killable) -> None:
+    _live.discard(process)
+
 
 # Children run at this niceness when the parent may raise priority (root, or
 # CAP_SYS_NICE): background jobs on a shared machine then take far less of the CPUs
@@ -109,6 +125,7 @@ class Child:
         self.what = what
         # Closed in reap(), which every way out of a run goes through.
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115
+        self._said = ""  # what it wrote to stderr, kept once the file is closed
         self.proc = subprocess.Popen(
             list(argv),
             stdin=subprocess.PIPE,
@@ -117,7 +134,7 @@ class Child:
             preexec_fn=child_setup,
             env=env,
         )
-        _live.add(self)
+        track(self)
 
     @staticmethod
     def python_module(module: str, *args: str) -> list[str]:
@@ -170,12 +187,14 @@ class Child:
             self.reap(timeout)
 
     def stderr_text(self, limit: int = 2000) -> str:
-        try:
-            self._stderr.seek(0)
-            text = self._stderr.read().decode(errors="replace").strip()
-        except (OSError, ValueError):
-            return ""
-        return text[-limit:]
+        """What the child wrote to stderr (also after it was reaped)."""
+        if not self._stderr.closed:
+            try:
+                self._stderr.seek(0)
+                self._said = self._stderr.read().decode(errors="replace").strip()
+            except (OSError, ValueError):
+                pass
+        return self._said[-limit:]
 
     def reap(self, timeout: float = 5.0) -> None:
         """Wait up to *timeout* seconds for the child to exit, then kill it."""
@@ -185,10 +204,11 @@ class Child:
             self.proc.kill()
             self.proc.wait()
         finally:
-            _live.discard(self)
+            untrack(self)
             for pipe in (self.proc.stdin, self.proc.stdout):
                 if pipe is not None:
                     pipe.close()
+            self.stderr_text()
             self._stderr.close()
 
     def kill(self) -> None:

@@ -18,6 +18,8 @@ _CHURN_METRICS = (
     ("p50_ms", "p50_ms"),
     ("p99_ms", "p99_ms"),
     ("cpu_us", "server_cpu_us_per_request"),
+    ("user_us", "server_user_us_per_request"),
+    ("sys_us", "server_sys_us_per_request"),
     ("req_per_cpu_s", "requests_per_cpu_s"),
 )
 _MEMORY_METRICS = (
@@ -88,8 +90,15 @@ def _noise(runs: dict[str, list[dict[str, Any]]]) -> str:
     return f"other load during the runs: {', '.join(parts)}; runs repeated {repeated}, kept noisy {noisy}"
 
 
+def _share(value: float | None) -> str:
+    return "-" if value is None or math.isnan(value) else f"{value:.0%}"
+
+
 def _churn_lines(name: str, result: dict[str, Any], settings: dict[str, Any]) -> list[str]:
     s = result["summary"]
+    names = result.get("labels", {})
+    # The gunicorn scenarios' "pool" is gevent's own worker class: their anchor.
+    ref = "anchor" if result.get("reference") == "anchor" else "Pool"
     lines = [
         f"{name}: {result['title']}",
         f"  load: {result['load']}; {settings['rounds']} rounds x {settings['duration']:g} s; medians",
@@ -97,26 +106,54 @@ def _churn_lines(name: str, result: dict[str, Any], settings: dict[str, Any]) ->
     noise = _noise(result["runs"])
     if noise:
         lines.append(f"  {noise}")
+    with_floor = "floor" in s["rps"]
+    leaks = {
+        st: sorted({bool(run["state_leaks"]) for run in rs})
+        for st, rs in result["runs"].items()
+        if rs and "state_leaks" in rs[0]
+    }
     rows = []
     for strategy, row in s["rps"].items():
-        rows.append(
-            [
-                label(strategy),
-                _num(row["median"]),
-                _num(row["min"]),
-                _num(row["max"]),
-                _ratio(row.get("vs_pool")),
-                _ratio(row.get("vs_default")),
-                _ratio(row.get("paired_vs_pool")),
-                _num(s["p50_ms"][strategy]["median"], 2),
-                _num(s["p99_ms"][strategy]["median"], 2),
-                _num(s["cpu_us"][strategy]["median"], 1),
-                _ratio(s["req_per_cpu_s"][strategy].get("vs_pool")),
-            ]
+        cells = [
+            names.get(strategy) or label(strategy),
+            _num(row["median"]),
+            _num(row["min"]),
+            _num(row["max"]),
+            _ratio(row.get("vs_pool")),
+        ]
+        if ref == "Pool":
+            cells.append(_ratio(row.get("vs_default")))
+        cells += [
+            _ratio(row.get("paired_vs_pool")),
+            _num(s["p50_ms"][strategy]["median"], 2),
+            _num(s["p99_ms"][strategy]["median"], 2),
+            _num(s["cpu_us"][strategy]["median"], 1),
+            _num(s["user_us"][strategy]["median"], 1),
+            _num(s["sys_us"][strategy]["median"], 1),
+            _ratio(s["req_per_cpu_s"][strategy].get("vs_pool")),
+        ]
+        if with_floor:
+            # A share of nothing says nothing: only where the floor beat Pool at all.
+            gained = s["rps"]["floor"].get("vs_pool", math.nan) > 1.0
+            cells += [_ratio(row.get("vs_floor")), _share(row.get("floor_gain_share")) if gained else "-"]
+        if leaks:
+            cells.append("/".join("yes" if x else "no" for x in leaks.get(strategy, [])) or "-")
+        rows.append(cells)
+    header = ["strategy", "req/s", "min", "max", f"vs {ref}"] + (["vs default"] if ref == "Pool" else [])
+    header += [f"paired/{ref}", "p50 ms", "p99 ms", "CPU us/req", "user", "sys", f"per CPU vs {ref}"]
+    if with_floor:
+        header += ["vs floor", "floor's gain"]
+    if leaks:
+        header.append("leak")
+    out = lines + ["  " + line for line in _table(header, rows)]
+    if with_floor:
+        out.append(
+            "  floor's gain: the share of the floor's req/s gain over Pool this strategy takes:"
+            " (x - Pool) / (floor - Pool)"
         )
-    header = ["strategy", "req/s", "min", "max", "vs Pool", "vs default", "paired/Pool"]
-    header += ["p50 ms", "p99 ms", "CPU us/req", "per CPU vs Pool"]
-    return lines + ["  " + line for line in _table(header, rows)]
+    if leaks:
+        out.append("  leak: whether a second request on one keep-alive connection saw the first one's ContextVar/local")
+    return out
 
 
 def _dispatch_lines(result: dict[str, Any], settings: dict[str, Any]) -> list[str]:
@@ -200,8 +237,12 @@ def _target_lines(targets: list[dict[str, Any]]) -> list[str]:
     rows = []
     for t in targets:
         value = f"{t['value']:.2f}{t['unit']}" if t["unit"] else f"{t['value']:g}"
-        rows.append([t["target"], value, t["goal"], "met" if t["met"] else "MISSED"])
-    lines = ["targets: WorkerPool(10000), isolation on, ratio of medians (informational; noisy machines vary)"]
+        text = f"{t['target']}: {t['worst']}" if "worst" in t else t["target"]
+        rows.append([text, value, t["goal"], "met" if t["met"] else "MISSED"])
+    lines = [
+        "targets: WorkerPool(10000) (gunicorn: gpool's worker class), isolation on, ratio of medians"
+        " (informational; noisy machines vary)"
+    ]
     return lines + ["  " + line for line in _table(["target", "measured", "goal", ""], rows)]
 
 

@@ -13,26 +13,62 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+from .apps import APPS
+from .gunicorn import STRATEGIES as GUNICORN_STRATEGIES
+from .gunicorn import WORKERS, GunicornServer, isolation_probe, labels
 from .load import LoadGenerator
 from .machine import cpu_busy_seconds
 from .procs import Child, ChildFailed, Pinning
+from .strategies import FLOOR
 
-__all__ = ["SCENARIOS", "ChurnScenario", "Progress", "Settings", "rotated", "run_churn", "run_dispatch", "run_memory"]
+__all__ = [
+    "APPS",
+    "CHURN",
+    "GUNICORN_SCENARIOS",
+    "SCENARIOS",
+    "ChurnScenario",
+    "Progress",
+    "Settings",
+    "memory_strategies",
+    "rotated",
+    "run_churn",
+    "run_dispatch",
+    "run_memory",
+]
 
 
 @dataclass(frozen=True)
 class ChurnScenario:
-    kind: str  # which server: "tcp" or "wsgi"
+    kind: str  # which server: "tcp", "wsgi", or a gunicorn kind (gunicorn.WORKERS)
     keepalive: bool
     title: str
 
+    @property
+    def gunicorn(self) -> bool:
+        return self.kind in WORKERS
 
+    def strategies(self, chosen: Sequence[str]) -> list[str]:
+        """Those of the *chosen* strategies that this scenario runs."""
+        if self.gunicorn:
+            return [s for s in chosen if s in GUNICORN_STRATEGIES]
+        return list(chosen)
+
+
+_GEVENT = "gunicorn -w 1: -k gevent vs -k gpool.workers.GPoolWorker"
+_PYWSGI = "gunicorn -w 1: -k gevent_pywsgi vs -k gpool.workers.GPoolPyWSGIWorker"
 CHURN: dict[str, ChurnScenario] = {
     "tcp-churn": ChurnScenario("tcp", False, "raw-TCP connection churn: StreamServer, minimal HTTP responder"),
     "wsgi-churn": ChurnScenario("wsgi", False, "pywsgi connection churn: WSGIServer, hello-world app"),
     "wsgi-keepalive": ChurnScenario("wsgi", True, "pywsgi keep-alive: WSGIServer, hello-world app"),
+    "gunicorn-gevent-churn": ChurnScenario("gunicorn-gevent", False, f"connection churn, {_GEVENT}"),
+    "gunicorn-gevent-keepalive": ChurnScenario("gunicorn-gevent", True, f"keep-alive, {_GEVENT}"),
+    "gunicorn-pywsgi-churn": ChurnScenario("gunicorn-pywsgi", False, f"connection churn, {_PYWSGI}"),
+    "gunicorn-pywsgi-keepalive": ChurnScenario("gunicorn-pywsgi", True, f"keep-alive, {_PYWSGI}"),
 }
+GUNICORN_SCENARIOS = tuple(name for name, spec in CHURN.items() if spec.gunicorn)
 SCENARIOS = (*CHURN, "dispatch", "memory", "latency")
+# The floor is a measuring stick for dispatch: it never culls, so memory leaves it out.
+_NOT_IN_MEMORY = (FLOOR,)
 
 
 @dataclass(frozen=True)
@@ -52,6 +88,7 @@ class Settings:
     quick: bool
     max_other_load: float
     retries: int
+    app: str = "flask"  # the gunicorn scenarios' WSGI application (apps.APPS)
 
 
 def rotated(names: Sequence[str], round_no: int) -> list[str]:
@@ -104,10 +141,11 @@ def run_churn(
     times; the last attempt is kept (marked ``noisy`` if it was noisy too).
     """
     spec = CHURN[name]
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in settings.strategies}
+    strategies = spec.strategies(settings.strategies)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     problems: list[str] = []
     for r in range(settings.rounds):
-        for strategy in rotated(settings.strategies, r):
+        for strategy in rotated(strategies, r):
             what = f"{name} round {r + 1}/{settings.rounds} {strategy:<14}"
             for attempt in range(settings.retries + 1):
                 result, stderr = _churn_run(spec, strategy, settings, load, pinning)
@@ -130,47 +168,89 @@ def run_churn(
                 f"  server {result['server_cpu_us_per_request']:5.1f} CPU-us/req, {result['server_cpu_busy']:.0%} busy"
                 + noise
             )
-    return {"title": spec.title, "load": load.describe(spec.keepalive), "runs": runs, "problems": problems}
+    out: dict[str, Any] = {"title": spec.title, "load": load.describe(spec.keepalive), "runs": runs}
+    if spec.gunicorn:
+        # The "pool" strategy is gevent's own worker class: the anchor the ratios use.
+        out.update(title=f"{spec.title}; app {settings.app}", labels=labels(spec.kind), reference="anchor")
+    return {**out, "problems": problems}
+
+
+class _BenchServer:
+    """A server child of ours (:mod:`.server`), seen as the churn run sees a server."""
+
+    def __init__(self, child: Child, port: int) -> None:
+        self.child = child
+        self.port = port
+
+    def sample(self) -> dict[str, Any]:
+        mark: dict[str, Any] = self.child.ask("mark", "MARK")
+        return mark
+
+    def finish(self) -> tuple[dict[str, Any], str]:
+        final = self.child.finish("DONE")
+        return final, self.child.stderr_text()
+
+    def kill(self) -> None:
+        self.child.kill()
+
+
+def _start_for(spec: ChurnScenario, strategy: str, settings: Settings, pinning: Pinning) -> Any:
+    if spec.gunicorn:
+        return GunicornServer(spec.kind, strategy, settings.app, pinning)
+    child, port = _start_server(pinning, _server_argv(spec.kind, strategy, settings), f"{spec.kind} {strategy} server")
+    return _BenchServer(child, port)
 
 
 def _churn_run(
     spec: ChurnScenario, strategy: str, settings: Settings, load: LoadGenerator, pinning: Pinning
 ) -> tuple[dict[str, Any], str]:
-    """One run: a fresh server, warm-up, measured load, the server's own figures."""
-    argv = _server_argv(spec.kind, strategy, settings)
-    server, port = _start_server(pinning, argv, f"{spec.kind} {strategy} server")
+    """One run: a fresh server, warm-up, measured load, the server's own figures.
+
+    The server is one of ours or a gunicorn worker: both tell their CPU time (user and
+    system); ours also counts the requests it answered.
+    """
+    server = _start_for(spec, strategy, settings, pinning)
     try:
+        leaks = isolation_probe(server.port) if spec.gunicorn else None
         if settings.warmup > 0:
-            load.run(port, settings.warmup, spec.keepalive)
-        before = server.ask("mark", "MARK")
+            load.run(server.port, settings.warmup, spec.keepalive)
+        before = server.sample()
         busy = _busy(pinning)
         wall = time.monotonic()
-        result = load.run(port, settings.duration, spec.keepalive)
+        result = load.run(server.port, settings.duration, spec.keepalive)
         wall = time.monotonic() - wall
-        after = server.ask("mark", "MARK")
+        after = server.sample()
         busy_after = _busy(pinning)
-        final = server.finish("DONE")
+        final, stderr = server.finish()
     except BaseException:
         server.kill()
         raise
-    handled = after["handled"] - before["handled"]
-    cpu_s = after["cpu_s"] - before["cpu_s"]
+    user_s = after["user_s"] - before["user_s"]
+    sys_s = after["sys_s"] - before["sys_s"]
+    cpu_s = user_s + sys_s
+    # A gunicorn worker counts nothing for us: the client's count stands in.
+    handled = after["handled"] - before["handled"] if "handled" in after else result["requests"]
+    per_request = 1e6 / max(handled, 1)
     result.update(
         server_handled=handled,
-        server_cpu_us_per_request=cpu_s / max(handled, 1) * 1e6,
+        server_cpu_us_per_request=cpu_s * per_request,
+        server_user_us_per_request=user_s * per_request,
+        server_sys_us_per_request=sys_s * per_request,
         # Throughput per unit of the server's own CPU: what req/s would be on a CPU of
         # its own, and nearly blind to other work sharing that CPU.
         requests_per_cpu_s=handled / cpu_s if cpu_s > 0 else 0.0,
         server_cpu_busy=cpu_s / wall if wall > 0 else 0.0,
         server_counters=final,
     )
+    if leaks is not None:
+        result["state_leaks"] = leaks
     if busy is not None and busy_after is not None and wall > 0:
         # The share of each CPU that went to anything but the server or the load
         # generator (wrk or ours, reaped by now): the noise this run suffered.
         result["other_load_server_cpu"] = max(busy_after[0] - busy[0] - cpu_s, 0.0) / wall
         client_s = busy_after[2] - busy[2]
         result["other_load_client_cpu"] = max(busy_after[1] - busy[1] - client_s, 0.0) / wall
-    return result, server.stderr_text()
+    return result, stderr
 
 
 def _busy(pinning: Pinning) -> tuple[float, float, float] | None:
@@ -196,13 +276,15 @@ def _check_run(what: str, result: dict[str, Any], stderr: str) -> list[str]:
         problems.append(f"{what}: the server answered {result['server_handled']} < the client's {result['requests']}")
     if stderr:
         problems.append(f"{what}: server wrote to stderr: {stderr[:300]!r}")
+    if result["server_counters"].get("returncode"):  # gunicorn, stopped by SIGTERM
+        problems.append(f"{what}: the server exited with status {result['server_counters']['returncode']}")
     return problems
 
 
 def run_dispatch(settings: Settings, pinning: Pinning, progress: Progress) -> dict[str, Any]:
     """The in-process dispatch scenario, in one child pinned to the server CPU."""
     argv = Child.python_module("dispatch", "--tasks", str(settings.tasks), "--rounds", str(settings.dispatch_rounds))
-    for strategy in (*settings.strategies, "floor"):
+    for strategy in (*settings.strategies, "handoff"):
         argv += ["--strategy", strategy]
     if settings.alt:
         argv += ["--alt", settings.alt]
@@ -236,13 +318,18 @@ def _serving(count: int) -> Callable[[dict[str, Any]], bool]:
     return lambda probe: bool(probe["active"] >= count)
 
 
+def memory_strategies(chosen: Sequence[str]) -> list[str]:
+    return [s for s in chosen if s not in _NOT_IN_MEMORY]
+
+
 def run_memory(settings: Settings, pinning: Pinning, progress: Progress) -> dict[str, Any]:
     """Hold many idle connections on a raw-TCP server; probe it with them open, then
     once they have closed and max_idle has passed."""
     n = settings.memory_connections
-    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in settings.strategies}
+    strategies = memory_strategies(settings.strategies)
+    runs: dict[str, list[dict[str, Any]]] = {s: [] for s in strategies}
     for r in range(settings.memory_rounds):
-        for strategy in rotated(settings.strategies, r):
+        for strategy in rotated(strategies, r):
             extra = ("--max-idle", str(settings.max_idle), "--backlog", "1024", "--fds", str(n + 256))
             argv = _server_argv("tcp", strategy, settings, *extra)
             server, port = _start_server(pinning, argv, f"memory {strategy} server")

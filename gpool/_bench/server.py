@@ -3,7 +3,8 @@
 ``python -m gpool._bench.server --kind tcp|wsgi --strategy NAME`` starts a server on
 127.0.0.1, port 0, and says ``PORT``. Commands on stdin, one per line:
 
-- ``mark``: say ``MARK`` with the CPU seconds used so far and the requests answered;
+- ``mark``: say ``MARK`` with the CPU seconds used so far (user and system) and the
+  requests answered;
 - ``probe``: say ``PROBE`` with the resident set size, the greenlets alive, the
   connections being served now and the pool's stats (for the memory scenario);
 - ``trim``: return freed memory to the system (``malloc_trim``), say ``TRIM`` with the
@@ -34,10 +35,10 @@ import resource
 import sys
 from typing import Any, Callable
 
+from .apps import BODY
 from .child import die_with_parent, raise_fd_limit, rss_kb, say
 from .strategies import make_spawn
 
-BODY = b"Hello, World!\n"
 RESPONSE = (
     b"HTTP/1.1 200 OK\r\n"
     b"Content-Type: text/plain\r\n"
@@ -177,7 +178,7 @@ def main(argv: list[str] | None = None) -> int:
     def on_command(command: str) -> None:
         if command == "mark":
             usage = resource.getrusage(resource.RUSAGE_SELF)
-            say("MARK", {"cpu_s": usage.ru_utime + usage.ru_stime, "handled": counts.handled})
+            say("MARK", {"user_s": usage.ru_utime, "sys_s": usage.ru_stime, "handled": counts.handled})
         elif command == "probe":
             rss = rss_kb()  # before counting: gc.get_objects() builds a large list
             say(

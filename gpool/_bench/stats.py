@@ -10,6 +10,7 @@ import statistics
 from typing import Mapping, Sequence
 
 __all__ = [
+    "floor_gain_share",
     "latency_bucket",
     "median",
     "merge_histograms",
@@ -43,11 +44,21 @@ def paired_ratio(values: Sequence[float], reference: Sequence[float]) -> float:
     return median(pairs)
 
 
+def floor_gain_share(value: float, reference: float, floor: float) -> float:
+    """What share of the floor's gain over *reference* *value* takes:
+    (value - reference) / (floor - reference); NaN when the floor gains nothing."""
+    gain = floor - reference
+    if not gain or math.isnan(gain):
+        return math.nan
+    return (value - reference) / gain
+
+
 def summarize(
-    values: Mapping[str, Sequence[float]], reference: str = "pool", baseline: str = "default"
+    values: Mapping[str, Sequence[float]], reference: str = "pool", baseline: str = "default", floor: str = "floor"
 ) -> dict[str, dict[str, float]]:
     """Per strategy: median, min, max and the ratios of its median to the medians of
-    *reference* and *baseline* (when they were measured), plus the paired ratio."""
+    *reference* and *baseline* (when they were measured), plus the paired ratio; with
+    *floor* measured too, the ratio to it and the share of its gain over *reference*."""
     medians = {name: median(vals) for name, vals in values.items()}
     out: dict[str, dict[str, float]] = {}
     for name, vals in values.items():
@@ -62,6 +73,10 @@ def summarize(
             row["paired_vs_pool"] = paired_ratio(vals, values[reference])
         if baseline in values:
             row["vs_default"] = ratio(medians[name], medians[baseline])
+        if floor in values:
+            row["vs_floor"] = ratio(medians[name], medians[floor])
+            if reference in values:
+                row["floor_gain_share"] = floor_gain_share(medians[name], medians[reference], medians[floor])
         out[name] = row
     return out
 

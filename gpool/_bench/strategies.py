@@ -11,17 +11,35 @@ import os
 import sys
 from typing import Any
 
-__all__ = ["ALT_SUFFIX", "LABELS", "POOL_SIZE", "STRATEGIES", "alt_names", "label", "make_spawn"]
+__all__ = [
+    "ALT_SUFFIX",
+    "FLOOR",
+    "FLOOR_LABEL",
+    "HANDOFF_LABEL",
+    "LABELS",
+    "POOL_SIZE",
+    "STRATEGIES",
+    "alt_names",
+    "label",
+    "make_spawn",
+]
 
 # Large enough that no scenario ever fills a pool: the comparison is about dispatch,
 # not about backpressure.
 POOL_SIZE = 10000
+
+# The measuring stick (gpool/_bench/floor.py): WorkerPool's design with no bookkeeping.
+FLOOR = "floor"
+FLOOR_LABEL = "floor: bare reuse pool (LIFO, Channel per worker)"
+# The dispatch scenario's second reference row: not even a Channel.
+HANDOFF_LABEL = "handoff: bare greenlet hand-off"
 
 LABELS: dict[str, str] = {
     "default": "spawn='default'",
     "pool": f"gevent.pool.Pool({POOL_SIZE})",
     "gpool": f"WorkerPool({POOL_SIZE})",
     "gpool-noiso": f"WorkerPool({POOL_SIZE}, isolate=False)",
+    FLOOR: FLOOR_LABEL,
 }
 STRATEGIES = tuple(LABELS)
 
@@ -34,13 +52,9 @@ def alt_names() -> list[str]:
     return [name + ALT_SUFFIX for name in STRATEGIES if name.startswith("gpool")]
 
 
-# Not a strategy: the dispatch scenario's reference, a bare hand-off with no pool at all.
-FLOOR_LABEL = "floor: bare greenlet hand-off"
-
-
 def label(name: str) -> str:
-    if name == "floor":
-        return FLOOR_LABEL
+    if name == "handoff":
+        return HANDOFF_LABEL
     if name.endswith(ALT_SUFFIX):
         return LABELS[name[: -len(ALT_SUFFIX)]] + " [alt]"
     return LABELS[name]
@@ -68,6 +82,11 @@ def make_spawn(name: str, alt_path: str | None = None, max_idle: float | None = 
         from gevent.pool import Pool
 
         return Pool(POOL_SIZE)
+    if name == FLOOR:
+        from .floor import FloorPool
+
+        # Its bound spawn, not the pool: a server then keeps no pool bookkeeping either.
+        return FloorPool().spawn
     if name.endswith(ALT_SUFFIX):
         if alt_path is None:
             raise SystemExit(f"strategy {name} needs --alt PATH")
