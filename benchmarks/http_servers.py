@@ -1,34 +1,33 @@
 #!/usr/bin/env python
-"""gpool's three HTTP integrations against the gevent servers they replace.
+"""gpool's standalone WSGI server against gevent's, the HTTP server ``gpool bench`` leaves out.
 
     .venv/bin/python benchmarks/http_servers.py [--rounds N] [--duration S]
         [--connections C] [--app {flask,bare}] [--json PATH]
 
-Each *group* is an anchor and the gpool server that stands in for it, plus that gpool
-server with isolation off (``isolate=False``, or ``GPOOL_ISOLATE=0`` for the gunicorn
-workers), all run under the same conditions:
+The gunicorn worker classes are measured by ``gpool bench`` (its ``gunicorn-*``
+scenarios); this script keeps the one group that the benchmark does not cover, an
+anchor and the gpool server that stands in for it, plus that gpool server with
+isolation off (``isolate=False``), all run under the same conditions:
 
-- ``gunicorn-gevent``: ``gunicorn -w 1 -k gevent`` / ``-k gpool.workers.GPoolWorker``;
-- ``gunicorn-pywsgi``: ``gunicorn -w 1 -k gevent_pywsgi`` / ``-k gpool.workers.GPoolPyWSGIWorker``;
 - ``wsgiserver``: ``gevent.pywsgi.WSGIServer(spawn=gevent.pool.Pool(1000))`` /
   ``gpool.wsgi.WSGIServer(spawn=gpool.WorkerPool(1000))``, each in its own process
   that calls ``gevent.monkey.patch_all()`` first.
+
+The application, the isolation probe and the CPU reading are ``gpool bench``'s own
+(:mod:`gpool._bench.apps`, :func:`gpool._bench.machine.process_cpu_seconds`).
 
 Two scenarios: ``keepalive`` (``wrk -t1 -cC``) and ``churn`` (the same with
 ``Connection: close``). Every run starts a fresh server pinned to the server CPU,
 waits until it answers, checks whether state set by one request is seen by the next
 on the same connection (the isolation probe), warms it up, then runs wrk (pinned to
 the client CPU) and reads the server's CPU time (user and system, from
-``/proc/PID/stat``; for gunicorn the worker process, not the master) before and after.
+``/proc/PID/stat``) before and after.
 Within a round the servers of a group run back to back, in an order that reverses
 from one round (and scenario) to the next, so drift hits every server alike.
 
 The figures are medians over the rounds. ``/anchor`` is the ratio of medians (gpool / anchor);
 ``paired`` is the median of the round-by-round ratios (steadier on a noisy machine).
 The isolation cost is the gpool server's CPU per request with isolation on minus off.
-
-The applications below (:func:`create_app`) are imported by the servers: gunicorn
-loads ``http_servers:create_app('flask')`` with ``--pythonpath`` set to this directory.
 """
 
 from __future__ import annotations
@@ -36,8 +35,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import http.client
-import importlib.util
-import itertools
 import json
 import math
 import os
@@ -49,76 +46,21 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from importlib import metadata
 from typing import IO, Any, Callable, Iterable, Sequence
 
+from gpool._bench.apps import APPS, BODY, create_app, http_get, state_leaks
+from gpool._bench.machine import process_cpu_seconds
+
 HERE = os.path.dirname(os.path.abspath(__file__))
-BODY = b"Hello, World!\n"
-PROBE_PATH = "/isolation-probe"
 BACKLOG = 2048  # gunicorn's default, used for the standalone servers too
 POOL_SIZE = 1000
 # Another process taking more than this share of the server CPU during a run is noise
 # worth a warning.
 MAX_OTHER_LOAD = 0.10
-# gunicorn's --no-control-socket where it has it; set by main().
-CONTROL_SOCKET_OFF: list[str] = []
 
-# -- the applications (run inside the servers, after monkey-patching) -------------------
-
-
-def create_app(kind: str = "flask") -> Callable[..., Any]:
-    """The WSGI application the servers run: ``flask`` or ``bare``.
-
-    ``/`` answers ``Hello, World!`` as text/plain. ``PROBE_PATH`` answers with the
-    values a ``ContextVar`` and a ``threading.local`` (gevent's, once patched) held
-    when the request started, then sets both to a token of its own: on a second
-    request over the same connection anything but ``-`` means the first request's
-    state reached it.
-    """
-    import contextvars
-    import threading
-
-    var: contextvars.ContextVar[str] = contextvars.ContextVar("http_servers_probe", default="-")
-    local = threading.local()
-    tokens = itertools.count(1)
-
-    def probe() -> bytes:
-        seen = f"contextvar={var.get()} local={getattr(local, 'token', '-')}\n"
-        token = f"r{next(tokens)}"
-        var.set(token)
-        local.token = token
-        return seen.encode()
-
-    if kind == "bare":
-        headers = [("Content-Type", "text/plain"), ("Content-Length", str(len(BODY)))]
-
-        def bare_app(environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-            if environ.get("PATH_INFO") == PROBE_PATH:
-                body = probe()
-                start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
-                return [body]
-            start_response("200 OK", headers)
-            return [BODY]
-
-        return bare_app
-    if kind != "flask":
-        raise ValueError(f"app must be 'flask' or 'bare', not {kind!r}")
-
-    from flask import Flask, Response
-
-    app = Flask("http_servers")
-
-    @app.route("/")
-    def hello() -> Response:
-        return Response(BODY, mimetype="text/plain")
-
-    @app.route(PROBE_PATH)
-    def isolation_probe() -> Response:
-        return Response(probe(), mimetype="text/plain")
-
-    return app
-
+# -- the servers ------------------------------------------------------------------------
 
 # The standalone servers: a process of their own that patches before anything else.
 STANDALONE = """\
@@ -168,78 +110,20 @@ class Variant:
 
     label: str  # as printed
     role: str  # anchor | gpool | gpool-noiso
-    gunicorn_class: str = ""  # a gunicorn worker class, or "" for a standalone server
-    standalone: str = ""  # serve_standalone's *server*
-    env: tuple[tuple[str, str], ...] = ()
+    standalone: str  # serve_standalone's *server*
 
 
 ROLES = ("anchor", "gpool", "gpool-noiso")
 
 GROUPS: dict[str, tuple[Variant, ...]] = {
-    "gunicorn-gevent": (
-        Variant("gunicorn -k gevent", "anchor", gunicorn_class="gevent"),
-        Variant("gunicorn -k gpool.workers.GPoolWorker", "gpool", gunicorn_class="gpool.workers.GPoolWorker"),
-        Variant(
-            "  ... GPOOL_ISOLATE=0",
-            "gpool-noiso",
-            gunicorn_class="gpool.workers.GPoolWorker",
-            env=(("GPOOL_ISOLATE", "0"),),
-        ),
-    ),
-    "gunicorn-pywsgi": (
-        Variant("gunicorn -k gevent_pywsgi", "anchor", gunicorn_class="gevent_pywsgi"),
-        Variant(
-            "gunicorn -k gpool.workers.GPoolPyWSGIWorker", "gpool", gunicorn_class="gpool.workers.GPoolPyWSGIWorker"
-        ),
-        Variant(
-            "  ... GPOOL_ISOLATE=0",
-            "gpool-noiso",
-            gunicorn_class="gpool.workers.GPoolPyWSGIWorker",
-            env=(("GPOOL_ISOLATE", "0"),),
-        ),
-    ),
     "wsgiserver": (
-        Variant("gevent.pywsgi.WSGIServer + Pool(1000)", "anchor", standalone="gevent"),
-        Variant("gpool.wsgi.WSGIServer + WorkerPool(1000)", "gpool", standalone="gpool"),
-        Variant("  ... WorkerPool(1000, isolate=False)", "gpool-noiso", standalone="gpool-noiso"),
+        Variant("gevent.pywsgi.WSGIServer + Pool(1000)", "anchor", "gevent"),
+        Variant("gpool.wsgi.WSGIServer + WorkerPool(1000)", "gpool", "gpool"),
+        Variant("  ... WorkerPool(1000, isolate=False)", "gpool-noiso", "gpool-noiso"),
     ),
 }
 
 SCENARIOS = {"keepalive": "keep-alive", "churn": "churn (Connection: close)"}
-
-
-def gunicorn_isolate_setting() -> tuple[bool, str]:
-    """Whether gpool's gunicorn workers accept ``GPOOL_ISOLATE=0``, and why not.
-
-    Asked of the workers' own settings parser in a child process (so this process
-    imports neither gunicorn's workers nor gevent), falling back to the source text
-    when that parser is not there.
-    """
-    code = (
-        "import json\n"
-        "from gpool.workers import _pool_options\n"
-        "print(json.dumps(_pool_options({'GPOOL_ISOLATE': '0'}, 1000).get('isolate')))\n"
-    )
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    if done.returncode == 0:
-        if done.stdout.strip() == "false":
-            return True, ""
-        return False, "gpool.workers ignores GPOOL_ISOLATE (not accepted yet)"
-    if "ImportError" in done.stderr or "cannot import name" in done.stderr:
-        spec = importlib.util.find_spec("gpool.workers")
-        if spec is not None and spec.origin:
-            with open(spec.origin, encoding="utf-8") as f:
-                if "GPOOL_ISOLATE" in f.read():
-                    return True, ""
-        return False, "gpool.workers does not know GPOOL_ISOLATE (not accepted yet)"
-    return False, f"GPOOL_ISOLATE=0 is refused: {done.stderr.strip().splitlines()[-1:]}"
-
-
-def control_socket_off() -> list[str]:
-    """``--no-control-socket`` where gunicorn has it (parallel masters would share one)."""
-    from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]
-
-    return ["--no-control-socket"] if any(s.name == "control_socket_disable" for s in KNOWN_SETTINGS) else []
 
 
 # -- processes --------------------------------------------------------------------------
@@ -250,72 +134,6 @@ class RunFailed(RuntimeError):
 
 
 LIVE: set[Server] = set()  # servers started and not yet stopped
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def children_of(pid: int) -> list[int]:
-    """The pids whose parent is *pid*."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                rest = f.read().rpartition(")")[2].split()
-        except OSError:
-            continue
-        if int(rest[1]) == pid:
-            found.append(int(entry))
-    return found
-
-
-def cpu_ticks(pid: int) -> tuple[int, int]:
-    """User and system CPU time of process *pid* (all its threads), in clock ticks."""
-    with open(f"/proc/{pid}/stat") as f:
-        rest = f.read().rpartition(")")[2].split()
-    # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-    return int(rest[11]), int(rest[12])
-
-
-def alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rpartition(")")[2].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-def get(port: int, path: str = "/", timeout: float = 2.0) -> tuple[int, bytes]:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        conn.close()
-
-
-def isolation_probe(port: int) -> bool:
-    """Whether the second of two requests on one keep-alive connection sees the first's
-    ContextVar or thread-local value."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5.0)
-    try:
-        bodies = []
-        for _ in range(2):
-            conn.request("GET", PROBE_PATH)
-            response = conn.getresponse()
-            bodies.append(response.read().decode())
-            if response.status != 200:
-                raise RunFailed(f"isolation probe answered {response.status}: {bodies[-1]!r}")
-    finally:
-        conn.close()
-    return bodies[1].strip() != "contextvar=- local=-"
 
 
 def says_connection_close(port: int) -> bool:
@@ -341,7 +159,7 @@ def says_connection_close(port: int) -> bool:
 
 
 class Server:
-    """One server process under test (a gunicorn master, or a standalone server)."""
+    """One standalone server process under test."""
 
     def __init__(self, variant: Variant, app: str, cpu_argv: Callable[[list[str]], list[str]], preexec: Any) -> None:
         self.variant = variant
@@ -356,9 +174,7 @@ class Server:
 
     def _env(self) -> dict[str, str]:
         # No GPOOL_* setting of the caller's may reach one server and not another.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GPOOL_")}
-        env.update(self.variant.env)
-        return env
+        return {k: v for k, v in os.environ.items() if not k.startswith("GPOOL_")}
 
     def _popen(self, argv: list[str]) -> subprocess.Popen[bytes]:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
@@ -379,12 +195,6 @@ class Server:
         return self._said[-limit:]
 
     def start(self, timeout: float = 30.0) -> None:
-        if self.variant.gunicorn_class:
-            self._start_gunicorn(timeout)
-        else:
-            self._start_standalone(timeout)
-
-    def _start_standalone(self, timeout: float) -> None:
         argv = [sys.executable, "-c", STANDALONE.format(here=HERE), self.variant.standalone, self.app]
         self.proc = self._popen(argv)
         self.pid = self.proc.pid  # taskset execs the server in place
@@ -398,46 +208,6 @@ class Server:
         self.port = int(line)
         self._wait_answering(timeout)
 
-    def _start_gunicorn(self, timeout: float, attempts: int = 5) -> None:
-        for attempt in range(attempts):
-            self.port = free_port()
-            argv = [
-                sys.executable,
-                "-m",
-                "gunicorn",
-                "-w",
-                "1",
-                "-k",
-                self.variant.gunicorn_class,
-                "--bind",
-                f"127.0.0.1:{self.port}",
-                "--worker-connections",
-                str(POOL_SIZE),
-                "--keep-alive",
-                "5",
-                "--log-level",
-                "warning",
-                *CONTROL_SOCKET_OFF,
-                "--pythonpath",
-                HERE,
-                f"http_servers:create_app({self.app!r})",
-            ]
-            self.proc = self._popen(argv)
-            try:
-                self._wait_answering(timeout)
-            except RunFailed:
-                in_use = "in use" in self.stderr_text().lower()
-                self.stop()
-                if in_use and attempt + 1 < attempts:
-                    continue  # another process took the port meanwhile
-                raise
-            workers = children_of(self.proc.pid)
-            if len(workers) != 1:
-                self.stop()
-                raise RunFailed(f"{self.variant.label}: expected one worker process, found {workers}")
-            self.pid = workers[0]
-            return
-
     def _wait_answering(self, timeout: float) -> None:
         assert self.proc is not None
         deadline = time.monotonic() + timeout
@@ -448,7 +218,7 @@ class Server:
                     f"{self.stderr_text()}"
                 )
             with contextlib.suppress(OSError, http.client.HTTPException):
-                status, body = get(self.port)
+                status, body = http_get(self.port)
                 if status == 200 and body == BODY:
                     return
                 raise RunFailed(f"{self.variant.label} answered {status} {body[:200]!r}")
@@ -456,10 +226,9 @@ class Server:
         raise RunFailed(f"{self.variant.label} did not answer within {timeout:g} s: {self.stderr_text()}")
 
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, a bounded wait, then SIGKILL (and the gunicorn worker with it)."""
+        """SIGTERM, a bounded wait, then SIGKILL."""
         proc, self.proc = self.proc, None
         if proc is not None:
-            workers = children_of(proc.pid) if proc.poll() is None else []
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
             try:
@@ -467,13 +236,6 @@ class Server:
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait()
-            for pid in workers:  # normally gone with their master
-                deadline = time.monotonic() + 2.0
-                while alive(pid) and time.monotonic() < deadline:
-                    time.sleep(0.05)
-                if alive(pid):
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(pid, signal.SIGKILL)
             if proc.stdout is not None:
                 proc.stdout.close()
         if self._stderr is not None:
@@ -493,10 +255,8 @@ class Bench:
     connections: int
     pinning: Any
     load: Any
-    clk_tck: int = field(default_factory=lambda: os.sysconf("SC_CLK_TCK"))
 
     def run_one(self, group: str, variant: Variant, scenario: str, round_no: int) -> dict[str, Any]:
-        # Imported here, not at the top: the servers import this module too.
         from gpool._bench.machine import cpu_busy_seconds
         from gpool._bench.procs import child_setup
 
@@ -510,21 +270,21 @@ class Bench:
         LIVE.add(server)
         try:
             server.start()
-            leaks = isolation_probe(server.port)
+            leaks = state_leaks(server.port)
             says_close = says_connection_close(server.port)
             if self.warmup > 0:
                 self.load.run(server.port, self.warmup, keepalive)
             busy0 = cpu_busy_seconds(self.pinning.server_cpu) if self.pinning.enabled else None
-            user0, sys0 = cpu_ticks(server.pid)
+            user0, sys0 = process_cpu_seconds(server.pid)
             result = self.load.run(server.port, self.duration, keepalive)
-            user1, sys1 = cpu_ticks(server.pid)
+            user1, sys1 = process_cpu_seconds(server.pid)
             busy1 = cpu_busy_seconds(self.pinning.server_cpu) if self.pinning.enabled else None
         finally:
             server.stop()
             LIVE.discard(server)
         requests = result["requests"]
-        user_s = (user1 - user0) / self.clk_tck
-        sys_s = (sys1 - sys0) / self.clk_tck
+        user_s = user1 - user0
+        sys_s = sys1 - sys0
         per = 1e6 / requests if requests else math.nan
         errors = dict(result["errors"])
         # See says_connection_close: one read error per request is end-of-file, not a failure.
@@ -647,12 +407,12 @@ def render(report: dict[str, Any]) -> str:
     lines = [
         "gpool HTTP servers: gpool against the gevent servers it replaces",
         f"machine: {m['cpu_model']}, nproc {m['nproc']}, {m['platform']}",
-        "versions: Python {python}, gevent {gevent}, greenlet {greenlet}, gunicorn {gunicorn}, flask {flask}, "
+        "versions: Python {python}, gevent {gevent}, greenlet {greenlet}, flask {flask}, "
         "wrk {wrk}, gpool {gpool}{commit}".format(
             commit=f" ({m['gpool_commit']}{', modified' if m.get('gpool_modified') else ''})"
             if m.get("gpool_commit")
             else "",
-            **{k: m.get(k, "?") for k in ("python", "gevent", "greenlet", "gunicorn", "flask", "wrk", "gpool")},
+            **{k: m.get(k, "?") for k in ("python", "gevent", "greenlet", "flask", "wrk", "gpool")},
         ),
         f"run: app {c['app']}, wrk -t{c['wrk_threads']} -c{c['connections']}, "
         f"{c['rounds']} round(s) of {c['duration']:g} s (+{c['warmup']:g} s warm-up), {c['pinning']}, "
@@ -699,7 +459,7 @@ def render(report: dict[str, Any]) -> str:
             )
     lines += [
         "",
-        "CPU µs/req: the server's (gunicorn: its worker's) user+sys CPU time over the wrk run / requests completed;",
+        "CPU µs/req: the server's user+sys CPU time over the wrk run / requests completed;",
         "user and sys are medians of their own. /anchor: ratio of medians; paired: median of per-round ratios.",
         "errors: wrk socket errors + non-2xx responses over all rounds (should be 0). *: the server closes after",
         "a Connection: close request without saying so in its response, so wrk counted one read error (EOF) per",
@@ -716,14 +476,14 @@ def render(report: dict[str, Any]) -> str:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
-        description="gpool's HTTP integrations against gunicorn's gevent workers and gevent's WSGIServer "
-        "(keep-alive and churn, wrk, pinned, alternating rounds)."
+        description="gpool.wsgi.WSGIServer against gevent's WSGIServer (keep-alive and churn, wrk, pinned, "
+        "alternating rounds). gpool's gunicorn workers: gpool bench --scenario gunicorn-..."
     )
     p.add_argument("--rounds", type=int, default=7, help="rounds (each runs every server once per scenario)")
     p.add_argument("--duration", type=float, default=10.0, help="seconds of measured load per run (whole seconds)")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds of discarded load before each run (0: none)")
     p.add_argument("--connections", type=int, default=50, help="wrk connections (-c)")
-    p.add_argument("--app", choices=("flask", "bare"), default="flask", help="the WSGI application served")
+    p.add_argument("--app", choices=APPS, default="flask", help="the WSGI application served")
     p.add_argument("--group", action="append", choices=list(GROUPS), help="run only this group (repeatable)")
     p.add_argument("--scenario", action="append", choices=list(SCENARIOS), help="run only this scenario (repeatable)")
     p.add_argument("--no-isolation-off", action="store_true", help="leave out the isolation-off variants")
@@ -744,7 +504,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    global CONTROL_SOCKET_OFF
     args = parse_args(argv)
     import shutil
 
@@ -755,7 +514,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if shutil.which("wrk") is None:
         print("http_servers: wrk not found on PATH (apt-get install wrk)", file=sys.stderr)
         return 2
-    CONTROL_SOCKET_OFF = control_socket_off()
     pinning = Pinning(args.server_cpu, args.client_cpu, niceness=args.nice)
     notes = [pinning.note] if pinning.note else []
     warnings: list[str] = []
@@ -764,16 +522,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     scenarios = args.scenario or list(SCENARIOS)
     if args.no_isolation_off:
         groups = {g: [v for v in vs if v.role != "gpool-noiso"] for g, vs in groups.items()}
-    elif any(v.gunicorn_class and v.env for vs in groups.values() for v in vs):
-        ok, why = gunicorn_isolate_setting()
-        if not ok:
-            notes.append(f"skipping the gunicorn isolation-off variants: {why}")
-            groups = {g: [v for v in vs if not (v.gunicorn_class and v.env)] for g, vs in groups.items()}
     for note in notes:
         print(f"note: {note}", file=sys.stderr)
 
     machine = describe_machine()
-    machine["gunicorn"] = _version("gunicorn")
     machine["flask"] = _version("flask")
     bench = Bench(
         app=args.app,

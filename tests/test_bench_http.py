@@ -1,4 +1,5 @@
-"""``benchmarks/http_servers.py``: its figures from made-up runs, and one tiny real run.
+"""``benchmarks/http_servers.py`` (gpool.wsgi.WSGIServer against gevent's): its figures
+from made-up runs, and one tiny real run.
 
 The real run needs wrk (and checks what comes out, not how fast anything is).
 """
@@ -104,18 +105,17 @@ def test_a_tiny_run_prints_the_table_and_writes_the_json(tmp_path: Path) -> None
     out = tmp_path / "http.json"
     argv = [sys.executable, str(SCRIPT), "--rounds", "1", "--duration", "1", "--warmup", "0"]
     argv += ["--connections", "2", "--app", "bare", "--scenario", "keepalive", "--json", str(out)]
-    argv += ["--group", "gunicorn-gevent", "--group", "wsgiserver"]
+    argv += ["--group", "wsgiserver"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "keep-alive" in done.stdout and "versions: Python" in done.stdout
-    assert "gunicorn -k gpool.workers.GPoolWorker" in done.stdout
+    assert "gpool.wsgi.WSGIServer + WorkerPool(1000)" in done.stdout
     report = json.loads(out.read_text())
     assert {"machine", "config", "summary", "isolation", "warnings", "runs"} <= set(report)
-    for name in ("cpu_model", "nproc", "python", "gevent", "gunicorn", "flask"):
+    for name in ("cpu_model", "nproc", "python", "gevent", "flask"):
         assert report["machine"][name]
     groups = report["summary"]["keepalive"]
     assert {"anchor", "gpool", "gpool-noiso"} <= set(groups["wsgiserver"])
-    assert {"anchor", "gpool"} <= set(groups["gunicorn-gevent"])
     for roles in groups.values():
         for row in roles.values():
             assert row["rps"] > 0 and row["cpu_us_per_req"] > 0

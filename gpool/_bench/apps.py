@@ -1,4 +1,5 @@
-"""The WSGI applications the HTTP-server scenarios serve, importable by gunicorn.
+"""The WSGI applications the HTTP-server scenarios serve, importable by gunicorn, and
+the client side of their isolation probe.
 
 gunicorn loads them by module path, ``gpool._bench.apps:create_app('flask')``, so they
 live in a module of their own that imports nothing of the benchmark's harness.
@@ -6,10 +7,11 @@ live in a module of their own that imports nothing of the benchmark's harness.
 
 from __future__ import annotations
 
+import http.client
 import itertools
 from typing import Any, Callable
 
-__all__ = ["APPS", "BODY", "PROBE_PATH", "create_app"]
+__all__ = ["APPS", "BODY", "PROBE_PATH", "create_app", "http_get", "state_leaks"]
 
 BODY = b"Hello, World!\n"
 PROBE_PATH = "/isolation-probe"
@@ -67,3 +69,35 @@ def create_app(kind: str = "flask") -> Callable[..., Any]:
         return Response(probe(), mimetype="text/plain")
 
     return app
+
+
+def http_get(
+    port: int, path: str = "/", timeout: float = 2.0, conn: http.client.HTTPConnection | None = None
+) -> tuple[int, bytes]:
+    """GET *path* from 127.0.0.1:*port* (on *conn* when given, left open); status and body."""
+    own = conn is None
+    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        if own:
+            conn.close()
+
+
+def state_leaks(port: int, timeout: float = 10.0) -> bool:
+    """Whether the second of two requests to ``PROBE_PATH`` on one keep-alive connection
+    sees the ContextVar or thread-local value the first one set. Raises RuntimeError
+    when the server does not answer them with 200."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        bodies = []
+        for _ in range(2):
+            status, body = http_get(port, PROBE_PATH, timeout, conn)
+            if status != 200:
+                raise RuntimeError(f"isolation probe answered {status}: {body[:200]!r}")
+            bodies.append(body.decode())
+    finally:
+        conn.close()
+    return bodies[1].strip() != "contextvar=- local=-"

@@ -203,6 +203,8 @@ def run(args: argparse.Namespace) -> int:
             skipped[name] = why_not
         elif not CHURN[name].strategies(settings.strategies):
             skipped[name] = "none of the chosen strategies applies (pool, gpool, gpool-noiso do)"
+    if "memory" in settings.scenarios and not memory_strategies(settings.strategies):
+        skipped["memory"] = "none of the chosen strategies applies (the floor never culls)"
     if why_not:
         Progress.line(f"note: skipping the gunicorn scenarios: {why_not}")
     for name, why in skipped.items():

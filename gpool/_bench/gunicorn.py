@@ -26,10 +26,11 @@ import tempfile
 import time
 from typing import IO, Any
 
-from .apps import BODY, PROBE_PATH
+from .apps import BODY, http_get
+from .machine import process_cpu_seconds
 from .procs import ChildFailed, Pinning, child_setup, track, untrack
 
-__all__ = ["INSTALL_HINT", "STRATEGIES", "WORKERS", "GunicornServer", "isolation_probe", "labels", "unavailable"]
+__all__ = ["INSTALL_HINT", "STRATEGIES", "WORKERS", "GunicornServer", "labels", "unavailable"]
 
 INSTALL_HINT = "pip install 'gpool[bench]'"
 WORKER_CONNECTIONS = 1000  # gunicorn's default; the pool's size for every class
@@ -119,41 +120,12 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def _get(port: int, path: str, timeout: float, conn: http.client.HTTPConnection | None = None) -> tuple[int, bytes]:
-    own = conn is None
-    conn = conn or http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        return response.status, response.read()
-    finally:
-        if own:
-            conn.close()
-
-
-def isolation_probe(port: int) -> bool:
-    """Whether the second of two requests on one keep-alive connection sees the
-    ContextVar or thread-local value the first one set (see :mod:`.apps`)."""
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10.0)
-    try:
-        bodies = []
-        for _ in range(2):
-            status, body = _get(port, PROBE_PATH, 10.0, conn)
-            if status != 200:
-                raise ChildFailed(f"isolation probe answered {status}: {body[:200]!r}")
-            bodies.append(body.decode())
-    finally:
-        conn.close()
-    return bodies[1].strip() != "contextvar=- local=-"
-
-
 class GunicornServer:
     """One ``gunicorn -w 1`` master and its worker, pinned to the server CPU."""
 
     def __init__(self, kind: str, strategy: str, app: str, pinning: Pinning, timeout: float = 30.0) -> None:
         worker_class, extra_env = WORKERS[kind][strategy]
         self.what = labels(kind)[strategy]
-        self._clk_tck = os.sysconf("SC_CLK_TCK")
         self._stderr: IO[bytes] = tempfile.TemporaryFile()  # noqa: SIM115 - closed in _reap
         self._said = ""
         # No GPOOL_* setting of the caller's may reach one server and not another.
@@ -191,7 +163,7 @@ class GunicornServer:
     def _wait_answering(self, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         try:
-            status, body = _get(self.port, "/", timeout)
+            status, body = http_get(self.port, "/", timeout)
         except (OSError, http.client.HTTPException) as exc:
             raise ChildFailed(
                 f"{self.what} did not answer within {timeout:g} s ({exc}): {self.stderr_text()}"
@@ -208,10 +180,8 @@ class GunicornServer:
 
     def sample(self) -> dict[str, float]:
         """The worker's user and system CPU seconds so far."""
-        with open(f"/proc/{self.pid}/stat") as f:
-            rest = f.read().rpartition(")")[2].split()
-        # rest[0] is field 3 (state); utime and stime are fields 14 and 15.
-        return {"user_s": int(rest[11]) / self._clk_tck, "sys_s": int(rest[12]) / self._clk_tck}
+        user_s, sys_s = process_cpu_seconds(self.pid)
+        return {"user_s": user_s, "sys_s": sys_s}
 
     def stderr_text(self, limit: int = 2000) -> str:
         if not self._stderr.closed:

@@ -7,15 +7,16 @@ starts a fresh server process, so no strategy inherits another's heap.
 
 from __future__ import annotations
 
+import http.client
 import resource
 import sys
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
-from .apps import APPS
+from .apps import APPS, state_leaks
 from .gunicorn import STRATEGIES as GUNICORN_STRATEGIES
-from .gunicorn import WORKERS, GunicornServer, isolation_probe, labels
+from .gunicorn import WORKERS, GunicornServer, labels
 from .load import LoadGenerator
 from .machine import cpu_busy_seconds
 from .procs import Child, ChildFailed, Pinning
@@ -201,6 +202,13 @@ def _start_for(spec: ChurnScenario, strategy: str, settings: Settings, pinning: 
     return _BenchServer(child, port)
 
 
+def _state_leaks(server: GunicornServer) -> bool:
+    try:
+        return state_leaks(server.port)
+    except (OSError, RuntimeError, http.client.HTTPException) as exc:
+        raise ChildFailed(f"{server.what}: isolation probe failed: {exc}") from None
+
+
 def _churn_run(
     spec: ChurnScenario, strategy: str, settings: Settings, load: LoadGenerator, pinning: Pinning
 ) -> tuple[dict[str, Any], str]:
@@ -211,7 +219,7 @@ def _churn_run(
     """
     server = _start_for(spec, strategy, settings, pinning)
     try:
-        leaks = isolation_probe(server.port) if spec.gunicorn else None
+        leaks = _state_leaks(server) if spec.gunicorn else None
         if settings.warmup > 0:
             load.run(server.port, settings.warmup, spec.keepalive)
         before = server.sample()
