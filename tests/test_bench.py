@@ -1,16 +1,20 @@
-"""``gpool bench``: the figures it computes, its options, and one tiny run end to end.
+"""``gpool bench``: the figures it computes, its options, and tiny runs end to end.
 
-The end-to-end test uses the built-in load generator, so it needs neither wrk nor a
-second CPU; it checks that every part answers, not how fast anything is.
+The end-to-end tests check that every part answers, not how fast anything is. Those of
+the gunicorn scenarios run once with each load generator (wrk where installed).
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,6 +24,8 @@ from gpool._bench.load import parse_wrk
 from gpool._bench.scenarios import rotated
 from gpool._bench.stats import latency_bucket, merge_histograms, paired_ratio, percentile_ms, summarize
 from gpool._bench.targets import evaluate
+
+HAVE_WRK = shutil.which("wrk") is not None
 
 
 def test_summarize_gives_medians_and_ratios_against_pool_and_default() -> None:
@@ -96,6 +102,32 @@ def test_targets_compare_the_isolated_worker_pool() -> None:
     assert "pywsgi churn req/s vs Pool" not in results  # not run
 
 
+def test_the_floor_gives_its_ratio_and_the_share_of_its_gain() -> None:
+    s = summarize({"pool": [100.0], "gpool": [130.0], "floor": [140.0]})
+    assert s["gpool"]["vs_floor"] == pytest.approx(130 / 140)
+    assert s["gpool"]["floor_gain_share"] == pytest.approx(0.75)  # 30 of the floor's 40
+    assert s["floor"]["floor_gain_share"] == pytest.approx(1.0)
+    assert math.isnan(summarize({"pool": [1.0], "gpool": [2.0], "floor": [1.0]})["gpool"]["floor_gain_share"])
+
+
+def test_targets_judge_the_floor_the_gunicorn_workers_and_the_worst_anchor() -> None:
+    scenarios = {
+        "tcp-churn": {
+            "summary": {"rps": summarize({"default": [90.0], "pool": [100.0], "gpool": [98.0], "floor": [99.0]})}
+        },
+        "gunicorn-gevent-churn": {"summary": {"rps": summarize({"pool": [100.0], "gpool": [104.0]})}},
+        "gunicorn-pywsgi-keepalive": {"summary": {"rps": summarize({"pool": [100.0], "gpool": [97.0]})}},
+    }
+    results = {t["target"]: t for t in evaluate(scenarios)}
+    assert results["raw-TCP churn req/s vs the floor"]["met"] is True  # 0.99x
+    assert results["GPoolWorker churn req/s vs -k gevent"]["met"] is False  # 1.04x < 1.05x
+    assert results["GPoolPyWSGIWorker keep-alive req/s vs -k gevent_pywsgi"]["met"] is False
+    worst = results["no scenario's req/s below an anchor's (the worst)"]
+    assert worst["value"] == pytest.approx(0.97) and worst["met"] is False
+    assert worst["worst"] == "gunicorn-pywsgi-keepalive vs_pool"
+    assert "GPoolWorker keep-alive req/s vs -k gevent" not in results  # not run
+
+
 def _parse(*argv: str) -> object:
     from gpool._bench import add_bench_parser
     from gpool.cli import _OneLineErrors
@@ -129,7 +161,7 @@ def test_bad_options_exit_with_status_2(argv: list[str], capsys: pytest.CaptureF
 def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     argv = [
-        *("--load", "builtin", "--strategy", "pool", "--strategy", "gpool"),
+        *("--load", "builtin", "--strategy", "pool", "--strategy", "gpool", "--strategy", "floor"),
         *("--scenario", "tcp-churn", "--scenario", "wsgi-keepalive", "--scenario", "dispatch", "--scenario", "memory"),
         *("--rounds", "1", "--duration", "0.3", "--warmup", "0", "--connections", "8", "--retries", "0"),
         *("--dispatch-rounds", "1", "--tasks", "100"),
@@ -145,12 +177,16 @@ def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -
     report = json.loads(out.read_text())
     for name in ("tcp-churn", "wsgi-keepalive"):
         runs = report["scenarios"][name]["runs"]
-        assert set(runs) == {"pool", "gpool"}
+        assert set(runs) == {"pool", "gpool", "floor"}
         assert all(
             run["requests"] > 0 and run["server_handled"] >= run["requests"] for rs in runs.values() for run in rs
         )
+        gpool = report["scenarios"][name]["summary"]["rps"]["gpool"]
+        assert gpool["vs_floor"] > 0 and "floor_gain_share" in gpool
+    assert "floor's gain" in done.stdout
     dispatch = report["scenarios"]["dispatch"]["summary"]["us_per_task"]
-    assert set(dispatch) == {"pool", "gpool", "floor"}
+    assert set(dispatch) == {"pool", "gpool", "floor", "handoff"}
+    assert set(report["scenarios"]["memory"]["runs"]) == {"pool", "gpool"}  # the floor never culls
     memory = report["scenarios"]["memory"]["runs"]["gpool"][0]
     assert memory["connections"] == 50
     assert memory["greenlets_held"] >= memory["greenlets_start"] + 50
@@ -171,3 +207,95 @@ def test_a_run_without_json_or_png_writes_nothing(tmp_path: Path) -> None:
     assert (
         done.stderr.splitlines()[-1] == "no files written (--json PATH and --png PATH keep the figures and the chart)"
     )
+
+
+def _our_processes(mark: str) -> list[int]:
+    """Processes still running with *mark* in their environment (children of one run)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                environ = Path(f"/proc/{entry}/environ").read_bytes()
+            except OSError:
+                continue
+            if f"BENCH_TEST_RUN={mark}".encode() in environ.split(b"\0"):
+                found.append(int(entry))
+    return found
+
+
+def _bench(
+    tmp_path: Path, *argv: str, env: dict[str, str] | None = None
+) -> tuple[subprocess.CompletedProcess[str], Any]:
+    """``gpool bench ARGV --json``; the finished process and the report. Checks that no
+    child of the run (a gunicorn master or worker, a server, a load generator) is left."""
+    out = tmp_path / "bench.json"
+    mark = uuid.uuid4().hex
+    env = {**(env or os.environ), "BENCH_TEST_RUN": mark}
+    done = subprocess.run(
+        [sys.executable, "-m", "gpool", "bench", *argv, "--json", str(out)],
+        capture_output=True, text=True, timeout=120, cwd=tmp_path, env=env,
+    )  # fmt: skip
+    assert _our_processes(mark) == [], "children of the run are still running"
+    assert done.returncode == 0, done.stderr + done.stdout
+    return done, json.loads(out.read_text())
+
+
+_TINY = ("--rounds", "1", "--duration", "0.3", "--warmup", "0", "--connections", "4", "--retries", "0")
+
+
+@pytest.mark.parametrize(
+    ("load", "scenarios"),
+    [
+        pytest.param("wrk", ("gunicorn-gevent-churn", "gunicorn-pywsgi-keepalive"), marks=pytest.mark.skipif(
+            not HAVE_WRK, reason="needs wrk")),
+        ("builtin", ("gunicorn-gevent-keepalive", "gunicorn-pywsgi-churn")),
+    ],
+)  # fmt: skip
+def test_the_gunicorn_scenarios_end_to_end(tmp_path: Path, load: str, scenarios: tuple[str, ...]) -> None:
+    argv = ["--load", load, "--app", "bare", *_TINY]
+    for name in scenarios:
+        argv += ["--scenario", name]
+    # default and floor do not apply to gunicorn: they are left out, not an error.
+    for strategy in ("default", "pool", "gpool", "gpool-noiso", "floor"):
+        argv += ["--strategy", strategy]
+    done, report = _bench(tmp_path, *argv)
+    assert report["load"] == load and report["problems"] == [] and report["skipped"] == {}
+    assert "gunicorn -k gpool.workers.GPoolWorker" in done.stdout or "GPoolPyWSGIWorker" in done.stdout
+    for name in scenarios:
+        result = report["scenarios"][name]
+        assert set(result["runs"]) == {"pool", "gpool", "gpool-noiso"}
+        assert result["reference"] == "anchor" and "GPOOL_ISOLATE=0" in result["labels"]["gpool-noiso"]
+        for strategy, (run,) in result["runs"].items():
+            assert run["rps"] > 0 and run["requests"] > 0 and run["non_2xx"] == 0
+            assert run["server_cpu_us_per_request"] > 0
+            assert run["server_user_us_per_request"] >= 0 and run["server_sys_us_per_request"] >= 0
+            assert run["server_cpu_us_per_request"] == pytest.approx(
+                run["server_user_us_per_request"] + run["server_sys_us_per_request"]
+            )
+            # Per request isolation: only gpool's worker class with it on keeps state apart.
+            assert run["state_leaks"] is (strategy != "gpool"), strategy
+        summary = result["summary"]
+        assert {"user_us", "sys_us", "cpu_us", "p50_ms", "p99_ms"} <= set(summary)
+        assert summary["rps"]["pool"]["vs_pool"] == 1.0
+        assert summary["rps"]["gpool"]["vs_pool"] > 0 and summary["rps"]["gpool-noiso"]["paired_vs_pool"] > 0
+    judged = {t["scenario"] for t in report["targets"]}
+    assert set(scenarios) <= judged
+
+
+def _shadowed(tmp_path: Path, module: str) -> dict[str, str]:
+    """An environment in which importing *module* fails, as where it is not installed."""
+    shadow = tmp_path / "shadow" / module
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text(f"raise ImportError('No module named {module}')\n")
+    return {**os.environ, "PYTHONPATH": str(tmp_path / "shadow")}
+
+
+@pytest.mark.parametrize(("app", "missing"), [("flask", "flask"), ("bare", "gunicorn")])
+def test_the_gunicorn_scenarios_are_skipped_with_what_to_install(tmp_path: Path, app: str, missing: str) -> None:
+    argv = ["--load", "builtin", "--app", app, "--scenario", "gunicorn-gevent-churn", "--scenario", "dispatch"]
+    argv += ["--strategy", "gpool", "--dispatch-rounds", "1", "--tasks", "100", *_TINY]
+    done, report = _bench(tmp_path, *argv, env=_shadowed(tmp_path, missing))
+    line = f"note: skipping the gunicorn scenarios: {missing} not importable (pip install 'gpool[bench]')"
+    assert line in done.stderr.splitlines()
+    assert report["skipped"] == {"gunicorn-gevent-churn": f"{missing} not importable (pip install 'gpool[bench]')"}
+    assert set(report["scenarios"]) == {"dispatch"}  # the rest still ran
