@@ -150,14 +150,19 @@ def check_prometheus() -> None:
 def check_bench() -> None:
     # The real command, on its smallest documented run (one dispatch round): the same
     # report and chart code as --quick, in seconds instead of a minute.
+    # One short gunicorn run too: the extra brings gunicorn, packaging and Flask, and
+    # without them the scenario would be skipped, not failed.
     png = Path("check.png")
     argv = [str(BIN / "gpool"), "bench", "--scenario", "dispatch", "--strategy", "gpool", "--rounds", "1"]
     argv += ["--dispatch-rounds", "1", "--tasks", "100", "--load", "builtin", "--png", str(png)]
+    argv += ["--scenario", "gunicorn-gevent-keepalive", "--duration", "0.3", "--warmup", "0", "--connections", "4"]
     done = subprocess.run(argv, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
+    assert "skipping" not in done.stderr, done.stderr[-3000:]
+    assert "gunicorn -k gpool.workers.GPoolWorker" in done.stdout, done.stdout[-3000:]
     assert f"wrote {png.resolve()}" in done.stderr, done.stderr[-3000:]
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", "not a PNG"
-    print(f"  gpool bench wrote a {png.stat().st_size:,}-byte PNG")
+    print(f"  gpool bench ran a gunicorn scenario and wrote a {png.stat().st_size:,}-byte PNG")
 
 
 def check_websocket() -> None:
