@@ -80,22 +80,24 @@ def labels(kind: str) -> dict[str, str]:
 
 
 @functools.cache
-def _probe(app: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+def _probe(app: str) -> tuple[str | None, tuple[str, ...]]:
+    """Why the gunicorn scenarios cannot run with *app* (None: they can), and the flags
+    this gunicorn needs."""
     # gunicorn's gevent workers import packaging, which gunicorn does not declare.
     wanted = ["gunicorn", "packaging", "gevent"] + (["flask"] if app == "flask" else [])
     done = subprocess.run([sys.executable, "-c", _PROBE, *wanted], capture_output=True, text=True, timeout=60)
     if done.returncode != 0:
-        return (f"gunicorn does not load ({done.stderr.strip().splitlines()[-1:]})",), ()
+        last = (done.stderr.strip().splitlines() or ["no output"])[-1]
+        return f"gunicorn fails to load: {last} ({INSTALL_HINT})", ()
     answer = json.loads(done.stdout)
-    return tuple(answer["missing"]), tuple(answer["flags"])
+    missing = answer["missing"]
+    why = f"{', '.join(missing)} not importable ({INSTALL_HINT})" if missing else None
+    return why, tuple(answer["flags"])
 
 
 def unavailable(app: str) -> str | None:
     """Why the gunicorn scenarios cannot run with *app* here, or None when they can."""
-    missing = _probe(app)[0]
-    if not missing:
-        return None
-    return f"{', '.join(missing)} not importable ({INSTALL_HINT})"
+    return _probe(app)[0]
 
 
 def _children_of(pid: int) -> list[int]:
