@@ -47,7 +47,10 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         super().__init__(run, parent)
         # The pool this worker serves: gpool.detach() finds it from getcurrent().
         self.owner: Any = owner
-        self.channel: Channel[Any] = Channel()
+        # The channel it parks on while idle, taken from the pool's stock of them;
+        # None while it runs a task (see WorkerPool._channels). Typed as a Channel, as
+        # only parked workers (those on the ready list) are ever sent anything.
+        self.channel: Channel[Any] = None
         self.idle_since = 0.0
         # task_no counts the tasks handed to this worker; with busy it names the task
         # running now, so a kill aimed at one task never lands on the next one.

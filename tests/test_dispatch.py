@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import gevent
 import pytest
 from gevent.event import Event
@@ -181,3 +183,39 @@ def test_unbounded_pool_grows_with_demand() -> None:
     gate.set()
     assert pool.join(timeout=5)
     assert pool.stats().peak_workers == 50
+
+
+def test_only_parked_workers_hold_a_channel() -> None:
+    # A Channel is 1,600 bytes: a worker busy on a held connection must not keep one,
+    # and the spares left by woken workers must not outnumber the workers to use them.
+    pool = WorkerPool(10, max_idle=0.05)
+    gate = Event()
+    workers: list[Any] = []
+
+    def hold() -> None:
+        workers.append(getcurrent())
+        gate.wait()
+
+    for _ in range(5):
+        pool.spawn(hold)
+    gevent.sleep(0)
+    assert [worker.channel for worker in workers] == [None] * 5
+    gate.set()
+    pool.join()
+    gevent.sleep(0)
+    channels = {id(worker.channel) for worker in workers if worker.channel is not None}
+    assert len(channels) == 5  # each parked worker waits on a channel of its own
+
+    gate.clear()
+    workers.clear()
+    for _ in range(5):
+        pool.spawn(hold)
+    gevent.sleep(0)
+    assert [worker.channel for worker in workers] == [None] * 5
+    assert len(pool._channels) == 5  # given back, for when they park again
+    gate.set()
+    pool.join()
+    assert pool._channels == []
+    gevent.sleep(0.2)  # every worker culled
+    assert pool.stats().workers == 0
+    assert pool._channels == []
