@@ -40,20 +40,20 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         "reported_no",
         "started",
         "task_no",
-        "tasks_run",
     )
 
     def __init__(self, run: Callable[..., Any], parent: Any, owner: Any) -> None:
         super().__init__(run, parent)
         # The pool this worker serves: gpool.detach() finds it from getcurrent().
         self.owner: Any = owner
-        # The channel it parks on while idle, taken from the pool's stock of them;
-        # None while it runs a task (see WorkerPool._channels). Typed as a Channel, as
-        # only parked workers (those on the ready list) are ever sent anything.
+        # The channel it parks on while idle; None until it first parks (see
+        # WorkerPool._work). Typed as a Channel, as only parked workers (those on the
+        # ready list) are ever sent anything.
         self.channel: Channel[Any] = None
         self.idle_since = 0.0
-        # task_no counts the tasks handed to this worker; with busy it names the task
-        # running now, so a kill aimed at one task never lands on the next one.
+        # task_no counts the tasks handed to this worker (and so, once one ends, the
+        # tasks it has run); with busy it names the task running now, so a kill aimed
+        # at one task never lands on the next one.
         self.task_no = 0
         self.busy = False
         # True once the running task gave its slot back with detach().
@@ -65,7 +65,6 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         self.started = float("inf")
         self.reported_no = 0
         self.doomed = False
-        self.tasks_run = 0
         self.local_links: list[LocalLink] = []
 
     def rawlink(self, callback: LocalLink) -> None:
