@@ -211,3 +211,14 @@ def test_a_worker_makes_its_channel_when_it_first_parks() -> None:
     pool.join()
     assert set(ran_on) == set(workers)
     assert pool.stats().workers_started == 5
+
+
+def test_pool_attributes_are_slots() -> None:
+    # spawn() and the worker loop read a dozen pool attributes per task; in an instance
+    # dict of this size each read is a dict lookup. An attribute left out of __slots__
+    # fails in __init__; this catches __slots__ itself being dropped, or a base class
+    # (or subclass in gpool) bringing a __dict__ back.
+    pool = WorkerPool(4)
+    assert not hasattr(pool, "__dict__")
+    pool.spawn(lambda: None)
+    pool.join()
