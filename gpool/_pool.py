@@ -580,10 +580,11 @@ class WorkerPool:
         if len(self._workers) > self._peak_workers:
             self._peak_workers = len(self._workers)
         self._claim(worker)
+        worker.first_task = task
         if getcurrent() is hub:
-            worker.switch(task)
+            worker.switch()
         else:
-            hub.loop.run_callback(worker.switch, task)
+            hub.loop.run_callback(worker.switch)
 
     def _wait_for_slot(self) -> None:
         current = getcurrent()
@@ -604,9 +605,11 @@ class WorkerPool:
         finally:
             self._slots.unlink(waiter.switch)
 
-    def _work(self, task: _Task | None) -> None:
+    def _work(self) -> None:
         """The worker greenlet's body: run tasks until told to stop or retired."""
         worker: Worker = getcurrent()
+        task: _Task | None = worker.first_task
+        worker.first_task = None
         isolate = self._isolate
         max_tasks = self._max_tasks
         ready = self._ready

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
 from typing import Any
 
 import gevent
@@ -222,3 +224,22 @@ def test_pool_attributes_are_slots() -> None:
     assert not hasattr(pool, "__dict__")
     pool.spawn(lambda: None)
     pool.join()
+
+
+def test_an_idle_worker_keeps_nothing_of_its_first_task() -> None:
+    # The first task reaches a new worker some other way than as switch() arguments,
+    # which greenlet holds until the worker exits: a client's socket would stay alive.
+    class Argument:
+        pass
+
+    pool = WorkerPool(4)
+    for _ in range(2):  # the task a new worker starts with, then one on its channel
+        argument = Argument()
+        ref = weakref.ref(argument)
+        pool.spawn(lambda _arg: None, argument)
+        del argument
+        pool.join()
+        gevent.sleep(0)
+        gc.collect()
+        assert ref() is None
+    assert pool.stats().workers == 1
