@@ -23,19 +23,23 @@ Link = Callable[[Any], object]
 class SlotSignal:
     """Fires one-shot callbacks in the hub whenever the pool has a free slot."""
 
-    __slots__ = ("_get_hub", "_has_free_slot", "_links", "_scheduled")
+    __slots__ = ("_get_hub", "_has_free_slot", "_links", "_scheduled", "waiting")
 
     def __init__(self, has_free_slot: Callable[[], bool], get_hub: Callable[[], Any]) -> None:
         self._has_free_slot = has_free_slot
         self._get_hub = get_hub
         self._links: list[Link] = []
         self._scheduled = False
+        # True while some callback waits for a slot. An attribute, not a property: the
+        # pool reads it after every task.
+        self.waiting = False
 
     def rawlink(self, callback: Link) -> None:
         """Call ``callback(self)`` in the hub once a slot is free (soon, if one is now)."""
         if not callable(callback):
             raise TypeError(f"callback must be callable, got {callback!r}")
         self._links.append(callback)
+        self.waiting = True
         if self._has_free_slot():
             self.notify()
 
@@ -45,11 +49,7 @@ class SlotSignal:
             self._links.remove(callback)
         except ValueError:
             pass
-
-    @property
-    def waiting(self) -> bool:
-        """True while some callback waits for a slot."""
-        return bool(self._links)
+        self.waiting = bool(self._links)
 
     def locked(self) -> bool:
         """True when no slot is free (the name gevent's Semaphore uses)."""
@@ -74,6 +74,7 @@ class SlotSignal:
             if not self._has_free_slot():
                 return
         links, self._links = self._links, []
+        self.waiting = False
         for callback in links:
             # One failing callback must not cost the others their wake-up.
             try:

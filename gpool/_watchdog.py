@@ -26,14 +26,11 @@ from time import monotonic
 from typing import Any
 
 from ._errors import DeadlineExceeded
-from ._worker import Worker
+from ._worker import NOT_STARTED, Worker
 
 __all__ = ["NOT_STARTED", "Watchdog"]
 
 _log = logging.getLogger("gpool")
-
-# A worker's start time while it has no task running: never overdue.
-NOT_STARTED = float("inf")
 
 # Ticks come at a tenth of the shortest deadline (so a deadline is acted on within
 # 10% of it), never more often than every 5 ms nor less often than every second.

@@ -13,9 +13,13 @@ from typing import Any, Callable
 from gevent.queue import Channel
 from greenlet import greenlet
 
-__all__ = ["Worker"]
+__all__ = ["NOT_STARTED", "Worker"]
 
 LocalLink = Callable[[Any], object]
+
+# A worker's start time while it has no task running: never overdue. One float for
+# all workers (float("inf") in each __init__ was a 24-byte object per worker).
+NOT_STARTED = float("inf")
 
 
 class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for subclassing
@@ -33,6 +37,7 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         "channel",
         "detached",
         "doomed",
+        "first_task",
         "idle_since",
         "kill_exc",
         "local_links",
@@ -40,17 +45,25 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         "reported_no",
         "started",
         "task_no",
-        "tasks_run",
     )
 
     def __init__(self, run: Callable[..., Any], parent: Any, owner: Any) -> None:
         super().__init__(run, parent)
         # The pool this worker serves: gpool.detach() finds it from getcurrent().
         self.owner: Any = owner
-        self.channel: Channel[Any] = Channel()
+        # The task it starts with, taken by the worker loop as it begins. Not passed
+        # to switch(): greenlet holds the arguments of run() until run() returns, so
+        # the first task's arguments (a client's socket) would live as long as the
+        # worker.
+        self.first_task: Any = None
+        # The channel it parks on while idle; None until it first parks (see
+        # WorkerPool._work). Typed as a Channel, as only parked workers (those on the
+        # ready list) are ever sent anything.
+        self.channel: Channel[Any] = None
         self.idle_since = 0.0
-        # task_no counts the tasks handed to this worker; with busy it names the task
-        # running now, so a kill aimed at one task never lands on the next one.
+        # task_no counts the tasks handed to this worker (and so, once one ends, the
+        # tasks it has run); with busy it names the task running now, so a kill aimed
+        # at one task never lands on the next one.
         self.task_no = 0
         self.busy = False
         # True once the running task gave its slot back with detach().
@@ -59,18 +72,21 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         # For the watchdog (pools with deadlines only): when the running task started
         # (NOT_STARTED in between), the task whose stack it already logged, and whether
         # it killed this worker's task, which makes the worker retire.
-        self.started = float("inf")
+        self.started = NOT_STARTED
         self.reported_no = 0
         self.doomed = False
-        self.tasks_run = 0
-        self.local_links: list[LocalLink] = []
+        # Made on first use: most workers never touch a gevent.local (56 bytes each).
+        self.local_links: list[LocalLink] | None = None
 
     def rawlink(self, callback: LocalLink) -> None:
+        if self.local_links is None:
+            self.local_links = []
         self.local_links.append(callback)
 
     def unlink(self, callback: LocalLink) -> None:
         try:
-            self.local_links.remove(callback)
+            if self.local_links is not None:
+                self.local_links.remove(callback)
         except ValueError:
             pass
 
@@ -78,7 +94,7 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         """Drop every ``gevent.local`` value this greenlet holds. Never switches."""
         links = self.local_links
         if links:
-            self.local_links = []
+            self.local_links = None
             for callback in links:
                 callback(self)
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import gc
+import weakref
+from typing import Any
+
 import gevent
 import pytest
 from gevent.event import Event
@@ -181,3 +185,61 @@ def test_unbounded_pool_grows_with_demand() -> None:
     gate.set()
     assert pool.join(timeout=5)
     assert pool.stats().peak_workers == 50
+
+
+def test_a_worker_makes_its_channel_when_it_first_parks() -> None:
+    # A Channel is 1,600 bytes: workers busy on the connections of a burst (10,000 held
+    # at once, say) must not each carry one before they ever wait on it.
+    pool = WorkerPool(10)
+    gate = Event()
+    workers: list[Any] = []
+
+    def hold() -> None:
+        workers.append(getcurrent())
+        gate.wait()
+
+    for _ in range(5):
+        pool.spawn(hold)
+    gevent.sleep(0)
+    assert [worker.channel for worker in workers] == [None] * 5
+    gate.set()
+    pool.join()
+    gevent.sleep(0)
+    # Each parked worker waits on a channel of its own, and tasks reach it there.
+    assert len({id(worker.channel) for worker in workers if worker.channel is not None}) == 5
+    ran_on: list[Any] = []
+    for _ in range(5):
+        pool.spawn(lambda: ran_on.append(getcurrent()))
+    pool.join()
+    assert set(ran_on) == set(workers)
+    assert pool.stats().workers_started == 5
+
+
+def test_pool_attributes_are_slots() -> None:
+    # spawn() and the worker loop read a dozen pool attributes per task; in an instance
+    # dict of this size each read is a dict lookup. An attribute left out of __slots__
+    # fails in __init__; this catches __slots__ itself being dropped, or a base class
+    # (or subclass in gpool) bringing a __dict__ back.
+    pool = WorkerPool(4)
+    assert not hasattr(pool, "__dict__")
+    pool.spawn(lambda: None)
+    pool.join()
+
+
+def test_an_idle_worker_keeps_nothing_of_its_first_task() -> None:
+    # The first task reaches a new worker some other way than as switch() arguments,
+    # which greenlet holds until the worker exits: a client's socket would stay alive.
+    class Argument:
+        pass
+
+    pool = WorkerPool(4)
+    for _ in range(2):  # the task a new worker starts with, then one on its channel
+        argument = Argument()
+        ref = weakref.ref(argument)
+        pool.spawn(lambda _arg: None, argument)
+        del argument
+        pool.join()
+        gevent.sleep(0)
+        gc.collect()
+        assert ref() is None
+    assert pool.stats().workers == 1
