@@ -89,7 +89,7 @@ from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler  # type: ignore
 from . import __version__
 from ._drain import drain
 from ._isolation import forget_request_state
-from ._keepalive import Connection, IdleConnections
+from ._keepalive import Connection, IdleConnections, is_tls
 from ._overload import answer_503
 from ._pool import WorkerPool
 from ._reclaim import ReclaimingServer
@@ -379,7 +379,7 @@ class _NextRequestRead:
         self.connection = connection
         self.sock = sock
         self.unreader = unreader
-        self.tls = getattr(sock, "pending", None) is not None
+        self.tls = is_tls(sock)
         # gevent's socket wraps a non-blocking socket of the standard library.
         self.raw = None if self.tls else getattr(sock, "_sock", None)
 

@@ -24,7 +24,7 @@ from typing import Any
 from gevent import pywsgi
 
 from ._isolation import forget_request_state, isolates_requests
-from ._keepalive import Connection, IdleConnections
+from ._keepalive import Connection, IdleConnections, is_tls
 from ._reclaim import ReclaimingServer
 
 __all__ = ["WSGIHandler", "WSGIServer"]
@@ -149,20 +149,6 @@ class _HandlerConnection(Connection):
 WSGIServer.handler_class = WSGIHandler
 
 
-# Socket classes by whether they are TLS sockets (have pending()). Asking a plain
-# socket for an attribute it lacks raises and formats an AttributeError, through a
-# Python __getattr__ for a gevent socket: 10,000 instructions a connection under
-# callgrind (2,000 asking its class), where this costs a dict probe.
-_TLS_CLASSES: dict[type, bool] = {}
-
-
-def _is_tls(kind: type) -> bool:
-    tls = _TLS_CLASSES.get(kind)
-    if tls is None:
-        tls = _TLS_CLASSES[kind] = hasattr(kind, "pending")
-    return tls
-
-
 class _ConnectionReader(io.RawIOBase):
     """A raw reader over a gevent socket that can park its connection while blocked."""
 
@@ -172,7 +158,7 @@ class _ConnectionReader(io.RawIOBase):
         self._connections = connections
         self._connection = connection
         self._next_request = False  # set while reading the first bytes of one
-        self._pending = sock.pending if _is_tls(type(sock)) else None
+        self._pending = sock.pending if is_tls(sock) else None
         # gevent's socket wraps a non-blocking socket of the standard library.
         self._raw = None if self._pending is not None else getattr(sock, "_sock", None)
 
