@@ -292,6 +292,16 @@ def post(path: str, body: bytes, *headers: str) -> bytes:
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
+def headers_request(*lines: bytes) -> bytes:
+    """A GET of /headers with these header lines, then a pipelined GET."""
+    return (
+        b"GET /headers HTTP/1.1\r\nHost: test\r\n"
+        + b"".join(line + b"\r\n" for line in lines)
+        + b"\r\n"
+        + get("/after")
+    )
+
+
 CHUNKED_WITH_TRAILERS = (
     b"POST /echo HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\nTrailer: X-Check\r\n\r\n"
     b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\nX-Check: yes\r\n\r\n"
@@ -334,6 +344,15 @@ CASES: dict[str, Case] = {
         2,
     ),
     "header line without a colon": Case([b"GET / HTTP/1.1\r\nHost: test\r\nNoColonHere\r\n\r\n" + get("/after")], 2),
+    # How each server reads header blocks (the app answers what it saw).
+    "plain headers": Case([headers_request(b"Accept: */*", b"User-Agent: wrk")], 2),
+    "blanks around header values": Case([headers_request(b"X-Pad: \t padded \t", b"X-Empty:", b"X-Tight:tight")], 2),
+    "repeated header": Case([headers_request(b"X-Dup: one", b"x-dup: two")], 2),
+    "underscore in a header name": Case([headers_request(b"X_Under: yes", b"X-Dash: yes")], 2),
+    "header value outside ASCII": Case([headers_request(b"X-Latin: caf\xe9", b"X-Utf8: \xe2\x82\xac")], 2),
+    "folded header line": Case([headers_request(b"X-Folded: first", b"  second")], 2),
+    "multipart content type": Case([headers_request(b"Content-Type: multipart/form-data; boundary=x")], 2),
+    "bare LF line endings": Case([b"GET /headers HTTP/1.1\nHost: test\nX-Lf: yes\n\n" + get("/after")], 2),
 }
 
 NORMALISED = {b"date": b"<date>", b"server": b"<server>"}

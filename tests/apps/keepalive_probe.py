@@ -14,6 +14,7 @@ bytes can be compared byte for byte.
   (if ``stopping=1``), then sends the rest;
 - ``/hold?release=PATH``: touches ``PATH.entered``, then waits (up to 20 s) for PATH
   to exist *before* calling ``start_response``: the headers are not sent meanwhile;
+- ``/headers``: JSON of the request's ``HTTP_*`` and ``CONTENT_*`` environ entries;
 - ``/state?n=N``: JSON of what this request sees in a ContextVar, in a module-level
   ``threading.local()`` and in a ``gevent.local.local()`` (and whether
   ``threading.local`` is gevent's, i.e. patched), then sets all three to N;
@@ -68,6 +69,8 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             pass
         _wait_for(lambda: os.path.exists(release))
         return _text(start_response, b"held\n")
+    if path == "/headers":
+        return _json(start_response, {k: v for k, v in environ.items() if k.startswith(("HTTP_", "CONTENT_"))})
     if path == "/state":
         seen = {
             "contextvar": _CONTEXT_STATE.get(None),
