@@ -243,6 +243,7 @@ def _bench(
 _TINY = ("--rounds", "1", "--duration", "0.3", "--warmup", "0", "--connections", "4", "--retries", "0")
 
 
+@pytest.mark.bench_e2e
 @pytest.mark.parametrize(
     ("load", "scenarios"),
     [

@@ -131,7 +131,7 @@ _block = st.builds(
 )
 
 
-@settings(max_examples=1500, deadline=None)
+@settings(max_examples=600, deadline=None)
 @given(_block)
 def test_generated_blocks_match(block: bytes) -> None:
     assert_same(block, b"GET / HTTP/1.1\r\n")
