@@ -209,14 +209,15 @@ class IdleConnections:
                 break
         return freed
 
-    def _arm_timer(self) -> None:
-        """Come back when the longest-parked connection has been idle long enough."""
+    def _arm_timer(self, at_least: float = _MIN_DELAY) -> None:
+        """Come back when the longest-parked connection has been idle long enough, and
+        not before *at_least* seconds."""
         if not self._parked:
             return
         oldest = next(iter(self._parked))
         # Not less than a loop turn: a connection whose next request is arriving is
         # unparked by its greenlet on the next one.
-        delay = max(oldest.parked_since + self.reclaim_idle_after - self._clock(), _MIN_DELAY)
+        delay = max(oldest.parked_since + self.reclaim_idle_after - self._clock(), at_least)
         self._stop_timer()
         self._timer = get_hub().loop.timer(delay)
         self._timer.start(self._timer_fired)
@@ -225,11 +226,17 @@ class IdleConnections:
         self._stop_timer()
         if self.draining:
             self._hang_up_idle(limit=None)
+            self._arm_timer()
         elif self._wanted:
-            self._hang_up_idle(limit=1)
-        else:
-            return
-        self._arm_timer()
+            if self._hang_up_idle(limit=1):
+                # One connection is ending for the waiting client: its slot reaches
+                # the client within a few loop turns (slot_given() then stops this).
+                # Should it not (another spawn took it), end one more, but no sooner
+                # than a connection may be idle: a process descheduled for a moment
+                # must not wake to a second hang-up for the same client.
+                self._arm_timer(at_least=self.reclaim_idle_after)
+            else:
+                self._arm_timer()
 
     def _stop_timer(self) -> None:
         timer, self._timer = self._timer, None

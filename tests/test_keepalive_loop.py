@@ -158,6 +158,11 @@ def check_race(port: int) -> None:
         a.get(timeout=10)
     finally:
         a.kill()
+    ordered = sorted(latencies) or [float("nan")]
+    print(  # the figures, shown by pytest -rA
+        f"A: {active.answered} answered, {len(active.lost)} lost, {active.reconnects} connections; "
+        f"B: {len(latencies)} served, median {ordered[len(ordered) // 2]:.3f} s, slowest {ordered[-1]:.3f} s"
+    )
     assert active.lost == [], f"A lost {len(active.lost)} of {active.answered + len(active.lost)}: {active.lost[:5]}"
     assert active.answered >= 10, f"A was barely served ({active.answered} answers)"
     assert len(latencies) >= 20
