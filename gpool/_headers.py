@@ -42,7 +42,8 @@ def read_request_headers(fp: BinaryIO) -> Any:
     over http.client's limit gives an empty message with ``status`` set, which pywsgi
     answers with 400."""
     try:
-        lines = _read_lines(fp)
+        # http.client's own reader, with its limits and errors, as in parse_headers().
+        lines: list[bytes] = client._read_headers(fp)  # type: ignore[attr-defined]
     except client.LineTooLong:
         message = _Message()
         message.status = "Line too long"
@@ -52,23 +53,6 @@ def read_request_headers(fp: BinaryIO) -> Any:
         text = b"".join(lines).decode("iso-8859-1")
         message = email.parser.Parser(_class=_Message).parsestr(text)
     return message
-
-
-def _read_lines(fp: BinaryIO) -> list[bytes]:
-    # The limits and errors of http.client's own reader, which pywsgi relies on; read
-    # here, as there, when called (applications raise them by assignment).
-    max_line: int = client._MAXLINE  # type: ignore[attr-defined]
-    max_headers: int = client._MAXHEADERS  # type: ignore[attr-defined]
-    lines = []
-    while True:
-        line = fp.readline(max_line + 1)
-        if len(line) > max_line:
-            raise client.LineTooLong("header line")
-        lines.append(line)
-        if len(lines) > max_headers:
-            raise client.HTTPException(f"got more than {max_headers} headers")
-        if line in (b"\r\n", b"\n", b""):
-            return lines
 
 
 def _parse_plain(lines: list[bytes]) -> Any:
