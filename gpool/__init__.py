@@ -5,10 +5,10 @@ Pass a :class:`WorkerPool` as ``spawn=`` to ``gevent.server.StreamServer`` or
 exists, instead of a new one per connection.
 """
 
-from ._drain import drain
-from ._errors import DeadlineExceeded, PoolClosed, PoolError, PoolFull
-from ._pool import WorkerPool, current_pool, detach
-from ._stats import PoolStats
+from ._core.errors import DeadlineExceeded, PoolClosed, PoolError, PoolFull
+from ._core.pool import WorkerPool, current_pool, detach
+from ._core.stats import PoolStats
+from ._serving.drain import drain
 
 __all__ = [
     "DeadlineExceeded",

@@ -14,7 +14,7 @@ import pytest
 from gevent import socket
 from greenlet import greenlet
 
-from gpool._worker import Worker
+from gpool._core.worker import Worker
 
 # Generous: a test that needs this long is hung, not slow.
 TEST_TIMEOUT = 30.0

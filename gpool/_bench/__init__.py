@@ -36,7 +36,7 @@ def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``gpool bench`` on its own (``benchmarks/run.py`` calls this)."""
-    from ..cli import _OneLineErrors
+    from .._cli.main import _OneLineErrors
 
     parser = _OneLineErrors(prog="gpool")
     add_bench_parser(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))

@@ -1,4 +1,4 @@
-"""The WSGI app of tests/test_differential.py and tests/test_keepalive_loop.py.
+"""The WSGI app of tests/serving/test_differential.py and tests/serving/test_keepalive_loop.py.
 
 Served the same way by gunicorn (``--pythonpath tests/apps keepalive_probe:app``), by
 in-process servers, and by ``patched_server.py`` in a monkey-patched subprocess.

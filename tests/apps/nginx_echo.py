@@ -1,4 +1,4 @@
-"""The WSGI app tests/test_nginx.py serves through gunicorn (and nginx).
+"""The WSGI app tests/serving/test_nginx.py serves through gunicorn (and nginx).
 
 - ``POST`` (any path): reads the whole body and answers its length in bytes, as
   ``"<length>\\n"``;

@@ -1,4 +1,4 @@
-"""The WSGI app tests/test_gunicorn.py serves through gunicorn.
+"""The WSGI app tests/serving/test_gunicorn.py serves through gunicorn.
 
 - ``/whoami``: JSON ``{"pid", "greenlet"}``; ``greenlet`` numbers the greenlet running
   the request, the same number for as long as that greenlet object lives (a new
@@ -20,7 +20,7 @@ from urllib.parse import parse_qs
 import gevent
 from greenlet import getcurrent
 
-from gpool._pool import current_pool
+from gpool._core.pool import current_pool
 
 HOLD_BODY_LINES = 2000
 HOLD_LINE = b"x" * 63 + b"\n"

@@ -10,7 +10,7 @@ from typing import Any
 import gevent
 
 from gpool import WorkerPool
-from gpool._worker import Worker
+from gpool._core.worker import Worker
 
 from ..conftest import wait_until
 from .clients import kind_of

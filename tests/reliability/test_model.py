@@ -53,7 +53,7 @@ from hypothesis.stateful import (
 
 import gpool
 from gpool import PoolClosed, PoolError, PoolFull, WorkerPool
-from gpool._worker import Worker
+from gpool._core.worker import Worker
 
 from ..conftest import wait_until
 from .conftest import scaled

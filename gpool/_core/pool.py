@@ -1,0 +1,801 @@
+"""WorkerPool: fasthttp's workerPool design, carried over to gevent."""
+
+from __future__ import annotations
+
+import logging
+from time import monotonic
+from types import TracebackType
+from typing import Any, Callable, Iterable
+
+from gevent import GreenletExit, Timeout, sleep
+from gevent.event import AsyncResult, Event
+from gevent.exceptions import BlockingSwitchOutError
+from gevent.hub import Waiter, get_hub
+from gevent.queue import Channel
+from greenlet import getcurrent
+
+from .errorlog import report
+from .errors import PoolClosed, PoolFull
+from .overflow import OVERFLOW_POLICIES, OverloadLog, answer_for
+from .ready import ReadyStack
+from .slots import SlotSignal
+from .stats import PoolStats
+from .validate import (
+    check_bool,
+    check_callable,
+    check_choice,
+    check_count,
+    check_exception,
+    check_seconds,
+    check_timeout,
+)
+from .watchdog import NOT_STARTED, Watchdog
+from .worker import Worker
+
+__all__ = ["WorkerPool", "detach"]
+
+_log = logging.getLogger("gpool")
+
+# What a worker's channel carries: a task, or None, which tells the worker to exit.
+_Task = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]
+# Called at the end of every task with the worker, its task number and the task's
+# failure (None on success, on GreenletExit and on a kill). Used by join() and
+# kill(block=True); must not switch.
+_TaskEndWatcher = Callable[[Worker, int, "BaseException | None"], None]
+
+# Returned by submit()'s wrapper when it stored the task's exception in the result,
+# so the worker counts a failure without reporting it a second time.
+_FAILED = object()
+
+# libev's timers run on the loop's cached clock, which can lag time.monotonic() a
+# little; a worker this close to its deadline is culled now rather than re-arming the
+# timer for a fraction of a millisecond.
+_CULL_SLACK = 0.001
+
+
+class WorkerPool:
+    """A pool of reusable greenlets for gevent servers.
+
+    gevent's default ``spawn`` (and ``gevent.pool.Pool``) creates a ``Greenlet`` per
+    connection: allocation, a link list, a trip through the event loop before the
+    handler runs. A server that takes thousands of short connections a second spends
+    much of its time on that. A ``WorkerPool`` keeps finished greenlets ("workers")
+    parked on a ready list instead and hands each new task to the most recently parked
+    one, switching straight into it when called from the hub, as servers do. Workers
+    idle longer than *max_idle* seconds are retired, oldest first; at most *size* tasks
+    run at once.
+
+    Use it wherever gevent accepts a pool::
+
+        StreamServer(("127.0.0.1", 0), handle, spawn=WorkerPool(1000))
+        WSGIServer(("127.0.0.1", 0), app, spawn=WorkerPool(1000))
+
+    :param size: the most tasks running at once, and so the most workers; ``None``
+        (the default) means no limit, like ``gevent.pool.Pool()``.
+    :param max_idle: seconds a worker may sit idle before it is retired.
+    :param min_idle: idle workers kept warm however long they idle.
+    :param max_tasks_per_worker: retire a worker after this many tasks (``None``: never).
+    :param isolate: start every task with an empty ``contextvars`` context and with no
+        ``gevent.local`` (so, monkey-patched, no ``threading.local``) values left by an
+        earlier task on the same worker. On by default; turning it off saves well under
+        a microsecond per task and lets one client's state reach the next.
+    :param log_all_errors: also report network errors that only mean the client went
+        away (broken pipe, reset, timeout), which otherwise go to the ``gpool`` logger
+        at DEBUG.
+    :param overflow: what a server does with a new connection while every slot is
+        busy. ``"backlog"`` (gevent's behaviour): stop accepting until a slot frees, so
+        clients wait in the listen backlog. ``"reject"``: keep accepting and turn the
+        excess away at once: ``pywsgi`` clients get ``503 Service Unavailable`` with
+        ``Retry-After``; other connections go to *on_reject*, then are closed. Counted
+        in ``stats().rejected`` and logged (WARNING) at most once a minute.
+    :param on_reject: with ``overflow="reject"``, called as ``on_reject(socket,
+        address)`` in the hub for each raw TCP connection turned away, before it is
+        closed; it must not block (a short ``socket.send`` is fine).
+    :param max_detached: the most tasks that may hold no slot after :func:`gpool.detach`
+        (long-lived streams); ``None`` (the default) means the same as *size*.
+    :param soft_deadline: seconds a task may run before its stack is logged (once, at
+        WARNING, on the ``gpool`` logger) to show where it is stuck; ``None`` (the
+        default) turns it off.
+    :param hard_deadline: seconds a task may run before :class:`~gpool.DeadlineExceeded`
+        is raised in it and its worker is retired once it ends; ``None`` (the default)
+        turns it off. Must exceed *soft_deadline* when both are set. Both deadlines are
+        checked by one timer per pool (to within a tenth of the shorter one); detached
+        tasks are exempt, and a task that never yields to the hub cannot be caught.
+    """
+
+    # Slots, not an instance dict: with this many attributes CPython 3.11 keeps no
+    # shared keys for the dict, and every attribute the hot paths touch cost a dict
+    # lookup (LOAD_ATTR_WITH_HINT). Slotted, each is read at a fixed offset: 544
+    # instructions a task less in-process dispatch (callgrind).
+    __slots__ = (
+        "__weakref__",
+        "_busy",
+        "_closed",
+        "_cull_timer",
+        "_culled",
+        "_detached",
+        "_hub",
+        "_isolate",
+        "_log_all_errors",
+        "_max_detached",
+        "_max_idle",
+        "_max_tasks",
+        "_min_idle",
+        "_on_reject",
+        "_overflow",
+        "_overload_log",
+        "_peak_workers",
+        "_ready",
+        "_reject",
+        "_rejected",
+        "_retired",
+        "_size",
+        "_slots",
+        "_tasks_completed",
+        "_tasks_detached",
+        "_tasks_failed",
+        "_tasks_killed",
+        "_watchdog",
+        "_watchers",
+        "_workers",
+        "_workers_started",
+    )
+
+    def __init__(
+        self,
+        size: int | None = None,
+        *,
+        max_idle: float = 10.0,
+        min_idle: int = 0,
+        max_tasks_per_worker: int | None = None,
+        isolate: bool = True,
+        log_all_errors: bool = False,
+        overflow: str = "backlog",
+        on_reject: Callable[..., Any] | None = None,
+        max_detached: int | None = None,
+        soft_deadline: float | None = None,
+        hard_deadline: float | None = None,
+    ) -> None:
+        self._size = check_count("size", size, minimum=1, allow_none=True)
+        self._max_idle = check_seconds("max_idle", max_idle)
+        min_idle_count = check_count("min_idle", min_idle, minimum=0)
+        assert min_idle_count is not None
+        if self._size is not None and min_idle_count > self._size:
+            raise ValueError(f"min_idle must not exceed size ({self._size}), got {min_idle!r}")
+        self._min_idle = min_idle_count
+        self._max_tasks = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1, allow_none=True)
+        self._isolate = check_bool("isolate", isolate)
+        self._log_all_errors = check_bool("log_all_errors", log_all_errors)
+        self._overflow = check_choice("overflow", overflow, OVERFLOW_POLICIES)
+        self._reject = self._overflow == "reject"
+        self._on_reject = check_callable("on_reject", on_reject, allow_none=True)
+        detach_limit = check_count("max_detached", max_detached, minimum=0, allow_none=True)
+        self._max_detached = self._size if detach_limit is None else detach_limit
+        soft = None if soft_deadline is None else check_seconds("soft_deadline", soft_deadline)
+        hard = None if hard_deadline is None else check_seconds("hard_deadline", hard_deadline)
+        if soft is not None and hard is not None and soft >= hard:
+            raise ValueError(
+                f"soft_deadline must be less than hard_deadline ({hard_deadline!r}), got {soft_deadline!r}"
+            )
+        self._watchdog = None if soft is None and hard is None else Watchdog(soft, hard)
+
+        # The hub is bound on first use, not here: gunicorn builds worker classes (and
+        # users build pools) before forking, and no gevent object should exist yet.
+        self._hub: Any = None
+        self._ready: ReadyStack[Worker] = ReadyStack()
+        self._workers: set[Worker] = set()
+        self._busy = 0
+        self._detached = 0
+        self._closed = False
+        self._cull_timer: Any = None
+        self._slots = SlotSignal(self._has_free_slot, self._get_hub)
+        self._watchers: list[_TaskEndWatcher] = []
+
+        self._peak_workers = 0
+        self._workers_started = 0
+        self._tasks_completed = 0
+        self._tasks_failed = 0
+        self._tasks_killed = 0
+        self._culled = 0
+        self._retired = 0
+        self._rejected = 0
+        self._tasks_detached = 0
+        self._overload_log = OverloadLog()
+
+    # -- the gevent server contract -------------------------------------------------
+
+    @property
+    def size(self) -> int | None:
+        """The most tasks that run at once (``None``: unbounded)."""
+        return self._size
+
+    @property
+    def isolate(self) -> bool:
+        """Whether tasks (and, in gpool's servers, requests) start with no
+        ``contextvars`` or ``gevent.local`` values left by earlier ones."""
+        return self._isolate
+
+    @property
+    def _semaphore(self) -> SlotSignal:
+        """Compatibility shim: gevent servers call ``pool._semaphore.rawlink(cb)`` and
+        ``unlink(cb)`` to learn when a full pool frees a slot. See :mod:`gpool._core.slots`."""
+        return self._slots
+
+    def full(self) -> bool:
+        """True when a server should stop accepting: every slot is taken (and the pool
+        queues excess connections, ``overflow="backlog"``), or the pool is closed.
+
+        Servers call it in the hub before each accept. Never blocks.
+        """
+        if self._reject:
+            return self._closed
+        return self._closed or (self._size is not None and self._busy >= self._size)
+
+    def _no_free_slot(self) -> bool:
+        return self._closed or (self._size is not None and self._busy >= self._size)
+
+    def free_count(self) -> int:
+        """How many more tasks could start now; 1 for an unbounded pool, as gevent's
+        ``Pool`` answers. gunicorn compares it with ``size`` to see whether requests
+        are still in flight. Never blocks."""
+        if self._closed:
+            return 0
+        if self._size is None:
+            return 1
+        return max(self._size - self._busy, 0)
+
+    def __len__(self) -> int:
+        """Tasks running now (including tasks handed over but not yet started)."""
+        return self._busy
+
+    def __bool__(self) -> bool:
+        # Always true, unlike an empty gevent Group: server.stop() does `if pool:`
+        # before join/kill, and a pool object is never "nothing".
+        return True
+
+    def wait_available(self, timeout: float | None = None) -> int:
+        """Wait until a slot is free or *timeout* seconds pass; return ``free_count()``.
+
+        Blocks the calling greenlet; do not call it in the hub.
+        """
+        timeout = check_timeout("timeout", timeout)
+        if self._closed:
+            raise PoolClosed("wait_available() called on a closed WorkerPool")
+        if self._no_free_slot():
+            waiter: Waiter = Waiter()
+            self._slots.rawlink(waiter.switch)
+            try:
+                with Timeout(timeout, False):
+                    waiter.get()
+            finally:
+                self._slots.unlink(waiter.switch)
+            if self._closed:
+                raise PoolClosed("the WorkerPool was closed while wait_available() waited")
+        return self.free_count()
+
+    # -- submitting tasks -------------------------------------------------------------
+
+    def spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        """Run ``func(*args, **kwargs)`` on a worker.
+
+        The task goes to the most recently released idle worker, or to a new worker
+        while fewer than ``size`` exist. Called in the hub (as servers call it), this
+        switches straight into that worker and never blocks; called from a greenlet it
+        only schedules the task and does not switch.
+
+        When the pool is full, a greenlet waits here for a slot, as with
+        ``gevent.pool.Pool.spawn``. In the hub, or inside one of this pool's own tasks,
+        waiting could hang the loop or deadlock, so :class:`~gpool.PoolFull` is raised
+        instead. With ``overflow="reject"`` nothing waits: a server's connection is
+        turned away (see the class docs) and any other task raises ``PoolFull``.
+        Returns None: use :meth:`submit` for the result.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        ready = self._ready
+        if ready and not self._closed:
+            # The path servers take, inlined: claim the hottest idle worker, then put
+            # the task on its channel (see _claim and _send for the general case).
+            worker = ready.pop()
+            self._busy += 1
+            worker.task_no += 1
+            worker.busy = True
+            hub = self._hub
+            if getcurrent() is hub:
+                worker.channel.put((func, args, kwargs))
+            else:
+                hub.loop.run_callback(worker.channel.put, (func, args, kwargs))
+            return
+        while True:
+            if self._closed:
+                raise PoolClosed("spawn() called on a closed WorkerPool")
+            if ready:
+                self._hand_over(ready.pop(), (func, args, kwargs))
+                return
+            if self._size is None or self._busy < self._size:
+                self._start_worker((func, args, kwargs))
+                return
+            if self._reject:
+                self._turn_away(func, args)
+                return
+            self._wait_for_slot()
+
+    def try_spawn(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> bool:
+        """Like :meth:`spawn`, but return False at once instead of waiting when full.
+
+        Never blocks; safe in the hub and inside the pool's own tasks.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        if self._closed:
+            raise PoolClosed("try_spawn() called on a closed WorkerPool")
+        if self._no_free_slot():
+            return False
+        self.spawn(func, *args, **kwargs)
+        return True
+
+    def submit(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> AsyncResult:
+        """Like :meth:`spawn`, returning a ``gevent.event.AsyncResult`` for the outcome.
+
+        A task's exception is stored in the result (and counted as a failure), not
+        reported to the hub: whoever holds the result is expected to look at it.
+        """
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        if self._closed:
+            raise PoolClosed("submit() called on a closed WorkerPool")
+        result: AsyncResult = AsyncResult()
+        self.spawn(_resolve, result, func, args, kwargs)
+        return result
+
+    # -- waiting and stopping ---------------------------------------------------------
+
+    def join(self, timeout: float | None = None, raise_error: bool = False) -> bool:
+        """Wait until no task is running; True if that happened within *timeout*.
+
+        With *raise_error*, the first exception raised by a task that fails while
+        this call waits is re-raised here. The pool stays usable. Blocks the calling
+        greenlet; do not call it in the hub. After :meth:`close`, idle workers have
+        exited when it returns.
+        """
+        timeout = check_timeout("timeout", timeout)
+        check_bool("raise_error", raise_error)
+        if self._closed and len(self._workers) > self._busy + self._detached and getcurrent() is not self._hub:
+            # close() from a greenlet hands each idle worker its stop through a hub
+            # callback. Those callbacks are queued ahead of us: yielding once lets
+            # them run, so no idle worker outlives `close(); join()`.
+            sleep(0)
+        if self._busy == 0:
+            return True
+        done = Event()
+        failures: list[BaseException] = []
+
+        def watch(_worker: Worker, _task_no: int, exc: BaseException | None) -> None:
+            if exc is not None and raise_error:
+                failures.append(exc)
+                done.set()
+            elif self._busy == 0:
+                done.set()
+
+        self._watchers.append(watch)
+        try:
+            finished = done.wait(timeout)
+        finally:
+            self._watchers.remove(watch)
+        if failures:
+            raise failures[0]
+        return bool(finished) and self._busy == 0
+
+    def kill(
+        self,
+        exception: type[BaseException] | BaseException = GreenletExit,
+        block: bool = True,
+        timeout: float | None = None,
+    ) -> None:
+        """Raise *exception* in every task running now.
+
+        Only the tasks running when ``kill`` is called are reached: a task that ends
+        first, and any later task on the same worker, is left alone. The tasks'
+        ``finally`` blocks run, so the sockets a server hands them get closed. With
+        *block*, wait up to *timeout* seconds for those tasks to end. The pool stays
+        usable afterwards.
+        """
+        exception = check_exception("exception", exception)
+        check_bool("block", block)
+        timeout = check_timeout("timeout", timeout)
+        targets = [(worker, worker.task_no) for worker in self._workers if worker.busy]
+        if not targets:
+            return
+        hub = self._get_hub()
+        if block and getcurrent() is hub:
+            raise BlockingSwitchOutError(
+                "kill(block=True) cannot wait in the hub: call it from a greenlet, or pass block=False"
+            )
+        # Deliver from the hub, after every task handed over before this call has
+        # started (callbacks run in order), so each target is suspended inside its task.
+        hub.loop.run_callback(self._throw_into, targets, exception)
+        if not block:
+            return
+        pending = {(id(worker), task_no) for worker, task_no in targets}
+        done = Event()
+
+        def watch(worker: Worker, task_no: int, _exc: BaseException | None) -> None:
+            pending.discard((id(worker), task_no))
+            if not pending:
+                done.set()
+
+        self._watchers.append(watch)
+        try:
+            done.wait(timeout)
+        finally:
+            self._watchers.remove(watch)
+
+    def detach(self) -> None:
+        """Give the running task's slot back to the pool; the task runs on.
+
+        For tasks that turn into long-lived streams (a WebSocket, server-sent events, a
+        hijacked connection): they would otherwise hold a slot for their whole life and
+        starve new clients. Call it from inside a task run by this pool; calling it
+        again is harmless. Detached tasks count in ``stats().detached``, not in
+        ``len(pool)``, so :meth:`join` (and a graceful drain) does not wait for them,
+        but :meth:`kill` still reaches them. At most *max_detached* tasks may be
+        detached at once; past that :class:`~gpool.PoolFull` is raised and the task
+        keeps its slot. See also :func:`gpool.detach`, which finds the pool itself.
+        """
+        worker = getcurrent()
+        if not isinstance(worker, Worker) or worker.owner is not self or not worker.busy:
+            raise RuntimeError("detach() must be called from inside a task running on this WorkerPool")
+        if worker.detached:
+            return
+        limit = self._max_detached
+        if limit is not None and self._detached >= limit:
+            raise PoolFull(
+                f"detach() refused: max_detached={limit} tasks are already detached; this task keeps its slot"
+            )
+        worker.detached = True
+        self._busy -= 1
+        self._detached += 1
+        self._tasks_detached += 1
+        if self._slots.waiting:
+            self._slots.notify()
+
+    def close(self) -> None:
+        """Stop taking tasks, for good. Idle workers exit now, busy ones after their task.
+
+        Never blocks; :meth:`join` waits for the running tasks.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        if self._cull_timer is not None:
+            self._cull_timer.close()
+            self._cull_timer = None
+        for worker in self._ready.pop_all():
+            self._retired += 1
+            self._send(worker, None)
+        if self._watchdog is not None and not self._busy and not self._detached:
+            self._watchdog.stop()
+        if self._hub is not None:
+            # Wake greenlets waiting for a slot so they see PoolClosed.
+            self._slots.wake_all()
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` has been called."""
+        return self._closed
+
+    def stats(self) -> PoolStats:
+        """The pool's counters and gauges now."""
+        return PoolStats(
+            size=self._size,
+            workers=len(self._workers),
+            idle=len(self._ready),
+            busy=self._busy,
+            peak_workers=self._peak_workers,
+            workers_started=self._workers_started,
+            # Every task handed over is running (busy or detached) or has ended one of
+            # three ways: a counter fewer to keep on the hot path.
+            tasks_started=self._busy + self._detached + self._tasks_completed + self._tasks_failed + self._tasks_killed,
+            tasks_completed=self._tasks_completed,
+            tasks_failed=self._tasks_failed,
+            tasks_killed=self._tasks_killed,
+            culled=self._culled,
+            retired=self._retired,
+            rejected=self._rejected,
+            detached=self._detached,
+            tasks_detached=self._tasks_detached,
+            tasks_overdue=0 if self._watchdog is None else self._watchdog.overdue,
+            tasks_timed_out=0 if self._watchdog is None else self._watchdog.timed_out,
+        )
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+        self.join()
+
+    def __repr__(self) -> str:
+        state = "closed" if self._closed else "open"
+        return (
+            f"<WorkerPool {state} size={self._size} busy={self._busy} "
+            f"idle={len(self._ready)} workers={len(self._workers)} overflow={self._overflow!r}>"
+        )
+
+    # -- internals ----------------------------------------------------------------------
+
+    def _get_hub(self) -> Any:
+        hub = self._hub
+        if hub is None:
+            hub = self._hub = get_hub()
+        return hub
+
+    def _has_free_slot(self) -> bool:
+        return not self._no_free_slot()
+
+    def _turn_away(self, func: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        answer = answer_for(func, args)
+        if answer is None:
+            raise PoolFull(
+                f"spawn() found all {self._size} slots busy and this pool was built with "
+                "overflow='reject'; only a server's connections are answered for it: "
+                "use try_spawn() to test for a free slot"
+            )
+        self._rejected += 1
+        self._overload_log.note(self._size)
+        answer(self._on_reject, self._get_hub())
+
+    def _send(self, worker: Worker, item: _Task | None) -> None:
+        """Put *item* on a parked worker's channel.
+
+        In the hub, ``Channel.put`` switches straight into the waiting worker. Anywhere
+        else it would block the caller until the hub ran, so the put is deferred to the
+        hub instead and the caller carries on.
+        """
+        hub = self._get_hub()
+        if getcurrent() is hub:
+            worker.channel.put(item)
+        else:
+            hub.loop.run_callback(worker.channel.put, item)
+
+    def _claim(self, worker: Worker) -> None:
+        # Count the slot as taken before any switch, so full() is right at once.
+        self._busy += 1
+        worker.task_no += 1
+        worker.busy = True
+
+    def _hand_over(self, worker: Worker, task: _Task) -> None:
+        self._claim(worker)
+        self._send(worker, task)
+
+    def _start_worker(self, task: _Task) -> None:
+        hub = self._get_hub()
+        if self._watchdog is not None and not self._watchdog.running:
+            self._watchdog.start(hub, self._workers)
+        worker = Worker(self._work, hub, self)
+        self._workers.add(worker)
+        self._workers_started += 1
+        if len(self._workers) > self._peak_workers:
+            self._peak_workers = len(self._workers)
+        self._claim(worker)
+        worker.first_task = task
+        if getcurrent() is hub:
+            worker.switch()
+        else:
+            hub.loop.run_callback(worker.switch)
+
+    def _wait_for_slot(self) -> None:
+        current = getcurrent()
+        if current is self._get_hub():
+            raise PoolFull(
+                f"spawn() called in the hub while all {self._size} slots are busy; "
+                "the hub cannot wait: use try_spawn() or check full() first"
+            )
+        if current in self._workers:
+            raise PoolFull(
+                f"spawn() called from one of the pool's own tasks while all {self._size} slots are busy; "
+                "waiting could deadlock: use try_spawn() or a larger size"
+            )
+        waiter: Waiter = Waiter()
+        self._slots.rawlink(waiter.switch)
+        try:
+            waiter.get()
+        finally:
+            self._slots.unlink(waiter.switch)
+
+    def _work(self) -> None:
+        """The worker greenlet's body: run tasks until told to stop or retired."""
+        worker: Worker = getcurrent()
+        task: _Task | None = worker.first_task
+        worker.first_task = None
+        isolate = self._isolate
+        max_tasks = self._max_tasks
+        ready = self._ready
+        slots = self._slots
+        # Made when the worker first parks: a Channel (two deques) is 1,600 bytes, 14%
+        # of a held connection's RSS, and a worker busy on its first task needs none.
+        get_task: Callable[[], _Task | None] | None = None
+        watched = self._watchdog is not None
+        fatal = False
+        while task is not None:
+            func, args, kwargs = task
+            task = None
+            error: BaseException | None = None
+            if watched:
+                worker.started = monotonic()
+            try:
+                outcome = func(*args, **kwargs)
+            except BaseException as exc:  # noqa: BLE001 - every outcome is accounted for
+                error = exc
+                outcome = None
+            # No switch may happen between the task's end and this line: kill() and
+            # the watchdog decide whether a worker is inside a task by this flag.
+            worker.busy = False
+            if watched:
+                worker.started = NOT_STARTED
+            # Drop the task's references (sockets, requests) before parking: an idle
+            # greenlet must not keep a client's connection alive.
+            func = args = kwargs = None  # type: ignore[assignment]
+            if isolate:
+                # The next task starts in a new, empty contextvars context. Cheaper
+                # than running each task inside Context().run(), and it drops this
+                # task's values now rather than when the next task starts.
+                worker.gr_context = None
+                if worker.local_links:
+                    worker.forget_locals()
+
+            failure: BaseException | None = None
+            # A task a kill was thrown into counts as killed however it ended, unless
+            # with a failure of its own: servers catch the kill to answer the client
+            # (pywsgi sends a 500) and return normally.
+            killed = worker.kill_exc is not None
+            if error is None:
+                if outcome is _FAILED:
+                    self._tasks_failed += 1
+                elif killed:
+                    self._tasks_killed += 1
+                else:
+                    self._tasks_completed += 1
+            elif error is worker.kill_exc:
+                self._tasks_killed += 1
+            elif isinstance(error, GreenletExit):
+                if killed:
+                    self._tasks_killed += 1
+                else:
+                    self._tasks_completed += 1
+            else:
+                self._tasks_failed += 1
+                failure = error
+                fatal = not isinstance(error, Exception)
+            if killed:
+                worker.kill_exc = None
+            outcome = None
+
+            crowded = False
+            if worker.detached:
+                worker.detached = False
+                self._detached -= 1
+                # Parking here could leave more idle workers than free slots (others
+                # took the slots this task gave back), and spawn() trusts an idle
+                # worker to mean a free slot.
+                crowded = self._size is not None and self._busy + len(ready) >= self._size
+            else:
+                self._busy -= 1
+            error = None
+            if self._watchers:
+                for watch in list(self._watchers):
+                    watch(worker, worker.task_no, failure)
+            if failure is not None:
+                if fatal:
+                    # gevent re-raises a system error in the main greenlet, switching
+                    # there directly from the reporting greenlet. From the hub's next
+                    # callback, not from here: this worker may have been switched into
+                    # from inside a server's accept callback, which must not be left
+                    # suspended while the main greenlet (say) stops that server.
+                    self._hub.loop.run_callback(report, self._hub, worker, failure, self._log_all_errors)
+                else:
+                    report(self._hub, worker, failure, self._log_all_errors)
+                failure = None
+            if slots.waiting:
+                slots.notify()
+
+            # Exit rules: the pool is closed; the recycle limit is reached; the task
+            # raised a system error (SystemExit, KeyboardInterrupt) or the watchdog
+            # killed it, after which this greenlet's state is not to be trusted.
+            if (
+                self._closed
+                or fatal
+                or crowded
+                or worker.doomed
+                or (max_tasks is not None and worker.task_no >= max_tasks)
+            ):
+                self._retired += 1
+                break
+            if get_task is None:
+                worker.channel = Channel()
+                get_task = worker.channel.get
+            worker.idle_since = monotonic()  # ready.push(), inlined
+            ready.append(worker)
+            if self._cull_timer is None and len(ready) > self._min_idle:
+                self._arm_culler()
+            # Park until spawn() puts a task (or close/cull puts None) on the channel.
+            while True:
+                try:
+                    task = get_task()
+                    break
+                except BaseException as stray:  # noqa: BLE001 - see below
+                    # Only a throw aimed at the greenlet rather than a task gets here:
+                    # the classic case is a gevent.Timeout an earlier task started and
+                    # never cancelled. The worker is still on the ready list; it must
+                    # not die there, so it notes the stray and parks again.
+                    _log.debug("idle worker %r ignored a stray %r", worker, stray)
+        self._workers.discard(worker)
+        if self._closed and not self._workers and self._watchdog is not None:
+            self._watchdog.stop()
+
+    def _throw_into(
+        self, targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException
+    ) -> None:
+        """Hub callback of kill(): raise *exception* in each target still on its task."""
+        for worker, task_no in targets:
+            if worker.busy and worker.task_no == task_no:
+                exc = exception() if isinstance(exception, type) else exception
+                worker.kill_exc = exc
+                worker.throw(exc)
+
+    def _arm_culler(self) -> None:
+        delay = max(self._ready.oldest_release() + self._max_idle - monotonic(), 0.0)
+        # ref=False: a pending cull must not keep gevent.wait() or the loop alive.
+        timer = self._get_hub().loop.timer(delay, ref=False)
+        self._cull_timer = timer
+        timer.start(self._cull)
+
+    def _cull(self) -> None:
+        """Timer callback, in the hub: retire workers idle longer than max_idle."""
+        if self._cull_timer is not None:
+            self._cull_timer.close()
+            self._cull_timer = None
+        stale = self._ready.pop_stale(monotonic() - self._max_idle + _CULL_SLACK, self._min_idle)
+        # Decide first, then act: each put below switches into a worker, which exits.
+        self._culled += len(stale)
+        for worker in stale:
+            worker.channel.put(None)
+        if stale:
+            _log.debug("culled %d idle workers; %d left", len(stale), len(self._workers))
+        if not self._closed and len(self._ready) > self._min_idle:
+            self._arm_culler()
+
+
+def detach() -> None:
+    """Give the calling task's slot back to its pool: :meth:`WorkerPool.detach`,
+    for code that does not hold the pool (a WebSocket handler, an SSE view)."""
+    worker = getcurrent()
+    if not isinstance(worker, Worker):
+        raise RuntimeError("gpool.detach() must be called from inside a task running on a WorkerPool")
+    worker.owner.detach()
+
+
+def current_pool() -> WorkerPool | None:
+    """The WorkerPool running the calling task, or None outside one."""
+    worker = getcurrent()
+    if isinstance(worker, Worker):
+        pool: WorkerPool = worker.owner
+        return pool
+    return None
+
+
+def _resolve(result: AsyncResult, func: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> object:
+    """submit()'s task: run *func* and store its outcome in *result*."""
+    try:
+        result.set(func(*args, **kwargs))
+    except BaseException as exc:
+        result.set_exception(exc)
+        # A kill (even with an ordinary Exception) and a system error still end the
+        # task the usual way, so the worker counts and reports them as such; any other
+        # failure is handed to the caller through the result.
+        if not isinstance(exc, Exception) or exc is getcurrent().kill_exc:
+            raise
+        return _FAILED
+    return None
