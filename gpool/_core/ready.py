@@ -27,17 +27,12 @@ class ReadyStack(deque[W]):
     could only reach the hot end. It *is* a deque so that the pool's hot paths use the
     C methods ``pop()`` and ``append()`` directly.
 
-    Invariant: ``idle_since`` never decreases from left to right. Workers are added
-    only by :meth:`push` or, on the hot path, by stamping ``idle_since`` from the same
-    monotonic clock and then calling ``append``.
+    Invariant: ``idle_since`` never decreases from left to right. A worker is added
+    by stamping its ``idle_since`` from the pool's monotonic clock, then ``append``
+    (the pool does it inline on its hot path; there is no method for it).
     """
 
     __slots__ = ()
-
-    def push(self, worker: W, now: float) -> None:
-        """Add *worker* at the hot end, released at time *now*."""
-        worker.idle_since = now
-        self.append(worker)
 
     def oldest_release(self) -> float:
         """The release time of the coldest worker (IndexError if empty)."""

@@ -1,4 +1,6 @@
-"""The object gevent servers know as ``pool._semaphore``.
+"""A pool's slots: how many are taken (:class:`SlotCount`), and the object gevent
+servers know as ``pool._semaphore`` (:class:`SlotSignal`), which tells waiters when
+one frees.
 
 A gevent server given ``spawn=pool`` calls ``pool._semaphore.rawlink(callback)`` when
 it is built and whenever it pauses accepting because the pool is full, and
@@ -15,9 +17,52 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-__all__ = ["SlotSignal"]
+__all__ = ["SlotCount", "SlotSignal"]
 
 Link = Callable[[Any], object]
+
+
+class SlotCount:
+    """The slot accounting of one pool: at most *size* tasks hold a slot at once.
+
+    A task holds a slot from the moment it is handed to a worker until it ends, unless
+    it detaches (:func:`gpool.detach`): then it runs on without one, and at most
+    *max_detached* tasks may do so at once. Plain attributes: the hot paths (spawn and
+    a task's end) count ``busy`` and ``detached`` directly; the methods name the rules.
+    """
+
+    __slots__ = ("busy", "detached", "max_detached", "size")
+
+    def __init__(self, size: int | None, max_detached: int | None) -> None:
+        self.size = size  # None: no limit
+        self.max_detached = max_detached
+        self.busy = 0  # tasks holding a slot
+        self.detached = 0  # tasks running without one
+
+    def all_taken(self) -> bool:
+        return self.size is not None and self.busy >= self.size
+
+    def free(self) -> int:
+        """Free slots; 1 when unbounded (gevent's ``Pool.free_count()`` answer)."""
+        if self.size is None:
+            return 1
+        return max(self.size - self.busy, 0)
+
+    def can_detach(self) -> bool:
+        return self.max_detached is None or self.detached < self.max_detached
+
+    def detach(self) -> None:
+        """A running task gives its slot back and runs on."""
+        self.busy -= 1
+        self.detached += 1
+
+    def idle_would_exceed_free(self, idle: int) -> bool:
+        """Whether one more idle worker than *idle* would outnumber the free slots.
+
+        ``spawn()`` trusts an idle worker to mean a free slot; a detached task that
+        ends has no slot of its own to give, so its worker parks only if this is false.
+        """
+        return self.size is not None and self.busy + idle >= self.size
 
 
 class SlotSignal:

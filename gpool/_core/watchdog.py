@@ -23,12 +23,12 @@ import logging
 import traceback
 from collections.abc import Iterable
 from time import monotonic
-from typing import Any
+from typing import Any, Callable
 
 from .errors import DeadlineExceeded
-from .worker import NOT_STARTED, Worker
+from .worker import Worker
 
-__all__ = ["NOT_STARTED", "Watchdog"]
+__all__ = ["Watchdog"]
 
 _log = logging.getLogger("gpool")
 
@@ -42,7 +42,7 @@ _MAX_TICK = 1.0
 class Watchdog:
     """Applies one pool's deadlines to its workers' running tasks."""
 
-    def __init__(self, soft: float | None, hard: float | None) -> None:
+    def __init__(self, soft: float | None, hard: float | None, clock: Callable[[], float] = monotonic) -> None:
         deadlines = [d for d in (soft, hard) if d is not None]
         if not deadlines:
             raise ValueError("a Watchdog needs a soft or a hard deadline")
@@ -52,6 +52,8 @@ class Watchdog:
         self.overdue = 0
         self.timed_out = 0
         self._timer: Any = None
+        # The pool's clock (time.monotonic; tests substitute one and call tick()).
+        self.clock = clock
 
     @property
     def running(self) -> bool:
@@ -64,15 +66,16 @@ class Watchdog:
         # ref=False: the watchdog must not keep gevent.wait() or the loop alive.
         timer = hub.loop.timer(self.interval, self.interval, ref=False)
         self._timer = timer
-        timer.start(self._tick, workers)
+        timer.start(self.tick, workers)
 
     def stop(self) -> None:
         if self._timer is not None:
             self._timer.close()
             self._timer = None
 
-    def _tick(self, workers: Iterable[Worker]) -> None:
-        now = monotonic()
+    def tick(self, workers: Iterable[Worker]) -> None:
+        """Timer callback, in the hub: act on every running task past a deadline."""
+        now = self.clock()
         soft, hard = self.soft, self.hard
         # A copy: throwing into a worker runs it, and a worker that ends its task and
         # retires leaves the set while we iterate.
@@ -108,10 +111,7 @@ class Watchdog:
             hard,
             where,
         )
-        exc = DeadlineExceeded(f"task ran past hard_deadline={hard:g}s")
-        # Counted as a kill, like WorkerPool.kill(): the pool knows it by this mark.
-        worker.kill_exc = exc
-        worker.throw(exc)
+        worker.throw_into_task(DeadlineExceeded(f"task ran past hard_deadline={hard:g}s"))
 
 
 def _stack(worker: Worker) -> str:

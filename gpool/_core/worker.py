@@ -4,10 +4,14 @@ A worker is a raw greenlet (no ``gevent.Greenlet`` bookkeeping: that is the cost
 gpool exists to avoid) that runs task after task and parks on its own
 ``gevent.queue.Channel`` in between. The loop itself lives in the pool, which owns
 the counters it updates.
+
+A worker refers to its pool only weakly, as CPython's thread pool executor does: a
+pool nobody holds is freed, and its idle workers exit.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Any, Callable
 
 from gevent.queue import Channel
@@ -41,7 +45,7 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         "idle_since",
         "kill_exc",
         "local_links",
-        "owner",
+        "pool_ref",
         "reported_no",
         "started",
         "task_no",
@@ -49,8 +53,9 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
 
     def __init__(self, run: Callable[..., Any], parent: Any, owner: Any) -> None:
         super().__init__(run, parent)
-        # The pool this worker serves: gpool.detach() finds it from getcurrent().
-        self.owner: Any = owner
+        # The pool this worker serves (gpool.detach() finds it from getcurrent()), held
+        # weakly so that an idle worker does not keep a dropped pool alive.
+        self.pool_ref: weakref.ReferenceType[Any] = weakref.ref(owner)
         # The task it starts with, taken by the worker loop as it begins. Not passed
         # to switch(): greenlet holds the arguments of run() until run() returns, so
         # the first task's arguments (a client's socket) would live as long as the
@@ -77,6 +82,20 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         self.doomed = False
         # Made on first use: most workers never touch a gevent.local (56 bytes each).
         self.local_links: list[LocalLink] | None = None
+
+    @property
+    def owner(self) -> Any:
+        """The pool this worker serves, or None once that pool is gone."""
+        return self.pool_ref()
+
+    def throw_into_task(self, exc: BaseException) -> None:
+        """Raise *exc* in the running task and mark the task as killed by it.
+
+        The one way a task is killed (WorkerPool.kill() and the watchdog's hard
+        deadline): the worker loop knows a kill from any other failure by this mark.
+        """
+        self.kill_exc = exc
+        self.throw(exc)
 
     def rawlink(self, callback: LocalLink) -> None:
         if self.local_links is None:

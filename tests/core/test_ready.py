@@ -16,7 +16,10 @@ class FakeWorker:
 def stack_of(*released: tuple[str, float]) -> ReadyStack[FakeWorker]:
     stack: ReadyStack[FakeWorker] = ReadyStack()
     for name, when in released:
-        stack.push(FakeWorker(name), when)
+        # As the pool releases a worker: stamp the time, then append at the hot end.
+        worker = FakeWorker(name)
+        worker.idle_since = when
+        stack.append(worker)
     return stack
 
 
@@ -28,7 +31,7 @@ def test_pop_returns_most_recently_released() -> None:
         stack.pop()
 
 
-def test_push_stamps_release_time() -> None:
+def test_oldest_release_is_the_cold_ends_stamp() -> None:
     stack = stack_of(("a", 5.0))
     assert stack.oldest_release() == 5.0
     assert stack.pop().idle_since == 5.0
