@@ -586,8 +586,8 @@ class WorkerPool:
 
     def _start_worker(self, task: _Task) -> None:
         hub = self._get_hub()
-        if self._watchdog is not None and not self._watchdog.running:
-            self._watchdog.start(hub, self._workers)
+        if self._watchdog is not None:
+            self._watchdog.start(hub, self._workers)  # no-op while it runs
         worker = Worker(_work, hub, self)
         self._workers.add(worker)
         self._workers_started += 1

@@ -60,7 +60,8 @@ class Watchdog:
         return self._timer is not None
 
     def start(self, hub: Any, workers: Iterable[Worker]) -> None:
-        """Start ticking on *hub*'s loop over *workers* (the pool's live set)."""
+        """Start ticking on *hub*'s loop over *workers* (the pool's live set), unless
+        it ticks already."""
         if self._timer is not None:
             return
         # ref=False: the watchdog must not keep gevent.wait() or the loop alive.

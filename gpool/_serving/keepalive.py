@@ -63,6 +63,14 @@ def is_tls(sock: Any) -> bool:
     return tls
 
 
+def socket_parts(sock: Any) -> tuple[Any, Any]:
+    """``(raw, pending)`` of an accepted gevent socket, for :meth:`IdleConnections.receive_next`."""
+    if is_tls(sock):
+        return None, sock.pending
+    # gevent's socket wraps a non-blocking socket of the standard library.
+    return getattr(sock, "_sock", None), None
+
+
 class Connection:
     """One client connection of a server, from its accept to its close."""
 
@@ -139,6 +147,31 @@ class IdleConnections:
             _wait_readable(sock)
         finally:
             self._parked.pop(connection, None)
+
+    def receive_next(self, connection: Connection, sock: Any, raw: Any, pending: Any, method: str, arg: Any) -> Any:
+        """``sock.<method>(arg)`` (``recv``/``recv_into``) for the first bytes of
+        *connection*'s next request, parked while none have arrived.
+
+        *raw* is the standard library socket under a plain gevent socket (None over
+        TLS), *pending* a TLS socket's ``pending`` (None without TLS): both found once
+        per connection by the caller (see :func:`socket_parts`).
+        """
+        if raw is not None:
+            try:
+                # Under load the next request is often here already: then there is no
+                # wait to park for (and no gevent wrapper to go through).
+                return getattr(raw, method)(arg)
+            except BlockingIOError:
+                pass
+        # Idle means nothing of a next request has arrived, and a TLS socket hides two
+        # kinds of arrival from a peek at the raw socket: bytes already decrypted with
+        # an earlier record (pending()), and the first part of a record, which OpenSSL
+        # takes off the socket and holds until the rest arrives. So a TLS connection is
+        # parked only while its socket has nothing to read, never during the TLS read
+        # (one extra wait per request on TLS).
+        if pending is None or not pending():
+            self.wait_parked(connection, sock)
+        return getattr(sock, method)(arg)
 
     # -- called in the hub -----------------------------------------------------------
 

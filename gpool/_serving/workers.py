@@ -26,7 +26,7 @@ from .._core.isolation import forget_request_state
 from .._core.pool import WorkerPool
 from .._core.validate import check_seconds
 from .drain import drain
-from .keepalive import Connection, IdleConnections, is_tls
+from .keepalive import Connection, IdleConnections, socket_parts
 from .reclaim import ReclaimingServer
 from .reject import answer_503
 from .wsgi import WSGIHandler, WSGIServer
@@ -340,35 +340,20 @@ class _NextRequestRead:
     during that read and unparked the moment it returns, before any byte of the
     request is parsed; then the parser reads the socket itself again."""
 
-    __slots__ = ("connection", "connections", "raw", "sock", "tls", "unreader")
+    __slots__ = ("connection", "connections", "pending", "raw", "sock", "unreader")
 
     def __init__(self, connections: IdleConnections, connection: Connection, sock: Any, unreader: Any) -> None:
         self.connections = connections
         self.connection = connection
         self.sock = sock
         self.unreader = unreader
-        self.tls = is_tls(sock)
-        # gevent's socket wraps a non-blocking socket of the standard library.
-        self.raw = None if self.tls else getattr(sock, "_sock", None)
+        self.raw, self.pending = socket_parts(sock)
 
     def recv(self, size: int) -> bytes:
         sock = self.sock
         self.unreader.sock = sock
-        raw = self.raw
-        if raw is not None:
-            try:
-                # Under load the next request is often here already: then there is no
-                # wait to park for (and no gevent wrapper to go through).
-                data: bytes = raw.recv(size)
-                return data
-            except BlockingIOError:
-                pass
-        # OpenSSL takes a partial record off the socket and holds it, where a peek
-        # cannot see it: on TLS, park only while nothing at all has arrived.
-        if not (self.tls and sock.pending()):
-            self.connections.wait_parked(self.connection, sock)
-        received: bytes = sock.recv(size)
-        return received
+        data: bytes = self.connections.receive_next(self.connection, sock, self.raw, self.pending, "recv", size)
+        return data
 
 
 class GPoolWorker(_PoolWorker):
@@ -480,7 +465,7 @@ class GPoolWorker(_PoolWorker):
                 return  # not a socket reader: nothing to park on
             next_read = connection.next_read = _NextRequestRead(connections, connection, sock, unreader)
         # gunicorn's unreader keeps its buffer's position at the end: tell() is its size.
-        if unreader.buf.tell() or (next_read.tls and sock.pending()):
+        if unreader.buf.tell() or (next_read.pending is not None and next_read.pending()):
             return  # the next request has (partly) arrived: not idle
         unreader.sock = next_read
 

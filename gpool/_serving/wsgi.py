@@ -9,7 +9,7 @@ from gevent import pywsgi
 
 from .._core.isolation import forget_request_state, isolates_requests
 from .headers import read_request_headers
-from .keepalive import Connection, IdleConnections, is_tls
+from .keepalive import Connection, IdleConnections, socket_parts
 from .reclaim import ReclaimingServer
 
 __all__ = ["WSGIHandler", "WSGIServer"]
@@ -148,9 +148,7 @@ class _ConnectionReader(io.RawIOBase):
         self._connections = connections
         self._connection = connection
         self._next_request = False  # set while reading the first bytes of one
-        self._pending = sock.pending if is_tls(sock) else None
-        # gevent's socket wraps a non-blocking socket of the standard library.
-        self._raw = None if self._pending is not None else getattr(sock, "_sock", None)
+        self._raw, self._pending = socket_parts(sock)
 
     def readable(self) -> bool:
         return True
@@ -169,24 +167,7 @@ class _ConnectionReader(io.RawIOBase):
         if not self._next_request:
             received: int = self._sock.recv_into(buffer)
             return received
-        sock = self._sock
-        raw = self._raw
-        if raw is not None:
-            try:
-                # Under load the next request is often here already: then there is no
-                # wait to park for (and no gevent wrapper to go through).
-                arrived: int = raw.recv_into(buffer)
-                return arrived
-            except BlockingIOError:
-                pass
-        # Idle means nothing of a next request has arrived, and a TLS socket hides two
-        # kinds of arrival from a peek at the raw socket: bytes already decrypted with
-        # an earlier record (pending()), and the first part of a record, which OpenSSL
-        # takes off the socket and holds until the rest arrives. So a TLS connection is
-        # parked only while its socket has nothing to read, never during the TLS read
-        # (one extra wait per request on TLS).
-        pending = self._pending
-        if pending is None or not pending():
-            self._connections.wait_parked(self._connection, sock)
-        received = sock.recv_into(buffer)
-        return received
+        arrived: int = self._connections.receive_next(
+            self._connection, self._sock, self._raw, self._pending, "recv_into", buffer
+        )
+        return arrived
