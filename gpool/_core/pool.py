@@ -1,10 +1,11 @@
 """WorkerPool: fasthttp's workerPool design, carried over to gevent.
 
-Reading order: ``spawn`` (hand a task to the hottest idle worker, or start one), the
-worker loop ``_work`` (run, account, park), then culling and the lifecycle calls. The
-slot rules are in :mod:`.slots`, the outcome rules in :mod:`.outcome`, deadlines in
-:mod:`.watchdog`; turning away a connection on a full pool is the serving layer's
-(:mod:`.overflow`).
+Reading order: ``spawn`` (hand a task to the hottest idle worker, or start one), then
+``_settle`` (what the worker loop of :mod:`.loop` calls after each task: count it,
+give its slot back, retire or park the worker), then culling and the lifecycle
+calls. The slot rules are in :mod:`.slots`, the outcome rules in :mod:`.outcome`,
+deadlines in :mod:`.watchdog`; turning away a connection on a full pool is the
+serving layer's (:mod:`.overflow`).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import logging
 import weakref
 from time import monotonic
 from types import TracebackType
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable
 
 from gevent import GreenletExit, Timeout, sleep
 from gevent.event import AsyncResult, Event
@@ -24,7 +25,8 @@ from greenlet import getcurrent
 
 from .errorlog import report
 from .errors import PoolClosed, PoolFull
-from .outcome import COMPLETED, FAILED, FATAL, KILLED, outcome_of
+from .loop import work
+from .outcome import COMPLETED, FAILED, FATAL, KILLED
 from .overflow import OVERFLOW_POLICIES, OverloadLog, answer_for
 from .ready import ReadyStack
 from .slots import SlotCount, SlotSignal
@@ -39,19 +41,16 @@ from .validate import (
     check_timeout,
 )
 from .watchdog import Watchdog
-from .worker import NOT_STARTED, Worker
+from .worker import Task, Worker
 
 __all__ = ["WorkerPool", "current_pool", "detach"]
 
 _log = logging.getLogger("gpool")
 
-# What a worker's channel carries: a task (with the AsyncResult that submit() hands
-# its caller, else None), or None, which tells the worker to exit.
-_Task = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Optional[AsyncResult]]
 # Called at the end of every task with the worker, its task number and the task's
 # failure (None on success, on GreenletExit and on a kill). Used by join() and
 # kill(block=True); must not switch.
-_TaskEndWatcher = Callable[[Worker, int, "BaseException | None"], None]
+TaskEndWatcher = Callable[[Worker, int, "BaseException | None"], None]
 
 # libev's timers run on the loop's cached clock, which can lag time.monotonic() a
 # little; a worker this close to its deadline is culled now rather than re-arming the
@@ -197,7 +196,7 @@ class WorkerPool:
         self._closed = False
         self._cull_timer: Any = None
         self._signal = SlotSignal(self._has_free_slot, self._get_hub)
-        self._watchers: list[_TaskEndWatcher] = []
+        self._watchers: list[TaskEndWatcher] = []
         # A pool nobody holds is freed (its workers hold it weakly); its idle workers
         # are then told to exit. The finalizer holds the ready list, not the pool.
         weakref.finalize(self, _dismiss_idle, self._ready).atexit = False
@@ -337,7 +336,7 @@ class WorkerPool:
         self._place((func, args, kwargs, result))
         return result
 
-    def _place(self, task: _Task) -> None:
+    def _place(self, task: Task) -> None:
         """Give *task* to the hottest idle worker, a new worker, or wait for a slot."""
         ready = self._ready
         while True:
@@ -569,7 +568,7 @@ class WorkerPool:
         self._overload_log.note(self._count.size)
         answer(self._on_reject, self._get_hub())
 
-    def _send(self, worker: Worker, item: _Task | None) -> None:
+    def _send(self, worker: Worker, item: Task | None) -> None:
         """Put *item* on a parked worker's channel (switching into it in the hub, as
         :meth:`_place` does; deferred to the hub anywhere else)."""
         hub = self._get_hub()
@@ -584,11 +583,11 @@ class WorkerPool:
         worker.task_no += 1
         worker.busy = True
 
-    def _start_worker(self, task: _Task) -> None:
+    def _start_worker(self, task: Task) -> None:
         hub = self._get_hub()
         if self._watchdog is not None:
             self._watchdog.start(hub, self._workers)  # no-op while it runs
-        worker = Worker(_work, hub, self)
+        worker = Worker(work, hub, self)
         self._workers.add(worker)
         self._workers_started += 1
         if len(self._workers) > self._peak_workers:
@@ -719,90 +718,6 @@ class WorkerPool:
             _log.debug("culled %d idle workers; %d left", len(stale), len(self._workers))
         if not self._closed and len(self._ready) > self._min_idle:
             self._arm_culler()
-
-
-def _work() -> None:
-    """A worker greenlet's body: run tasks until told to stop, retired, or the pool is gone.
-
-    While parked it holds its pool only weakly (see :mod:`.worker`), so every trip
-    round the loop starts by asking whether the pool still exists.
-    """
-    worker: Worker = getcurrent()
-    task: _Task | None = worker.first_task
-    worker.first_task = None
-    while task is not None:
-        pool = worker.pool_ref()
-        if pool is None:
-            _run_orphan(task)  # the pool was dropped while this task was on its way
-            return
-        func, args, kwargs, result = task
-        task = None
-        watched = pool._watchdog is not None
-        if watched:
-            worker.started = pool._clock()
-        error: BaseException | None = None
-        try:
-            value = func(*args, **kwargs)
-        except BaseException as exc:  # noqa: BLE001 - every outcome is accounted for
-            error = exc
-            value = None
-        # No switch may happen between the task's end and this line: kill() and
-        # the watchdog decide whether a worker is inside a task by this flag.
-        worker.busy = False
-        if watched:
-            worker.started = NOT_STARTED
-        # Drop the task's references (sockets, requests) before parking: an idle
-        # greenlet must not keep a client's connection alive.
-        func = args = kwargs = None  # type: ignore[assignment]
-        if pool._isolate:
-            # The next task starts in a new, empty contextvars context. Cheaper than
-            # running each task inside Context().run(), and it drops this task's
-            # values now rather than when the next task starts.
-            worker.gr_context = None
-            if worker.local_links:
-                worker.forget_locals()
-        outcome = outcome_of(error, worker.kill_exc, result is not None)
-        if result is not None:
-            if error is None:
-                result.set(value)
-            else:
-                result.set_exception(error)
-            result = None
-        value = None
-        if not pool._settle(worker, outcome, error):
-            break
-        error = None
-        # Parked: wait holding no reference to the pool, until spawn() puts a task
-        # (or close(), culling or the pool's finalizer puts None) on the channel.
-        pool = None
-        while True:
-            try:
-                task = worker.channel.get()
-                break
-            except BaseException as stray:  # noqa: BLE001 - see below
-                # Only a throw aimed at the greenlet rather than a task gets here: the
-                # classic case is a gevent.Timeout an earlier task started and never
-                # cancelled. The worker is on the ready list; it must not die there,
-                # so it notes the stray and parks again.
-                _log.debug("idle worker %r ignored a stray %r", worker, stray)
-    pool = worker.pool_ref()
-    if pool is not None:
-        pool._retire(worker)
-
-
-def _run_orphan(task: _Task) -> None:
-    """Run a task whose pool is gone: nothing is left to count it, but it is not lost."""
-    func, args, kwargs, result = task
-    try:
-        value = func(*args, **kwargs)
-    except BaseException as exc:  # noqa: BLE001 - reported, or handed to the result
-        if result is not None:
-            result.set_exception(exc)
-        else:
-            get_hub().handle_error(getcurrent(), type(exc), exc, exc.__traceback__)
-    else:
-        if result is not None:
-            result.set(value)
 
 
 def _throw_into(targets: Iterable[tuple[Worker, int]], exception: type[BaseException] | BaseException) -> None:

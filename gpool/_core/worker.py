@@ -2,8 +2,8 @@
 
 A worker is a raw greenlet (no ``gevent.Greenlet`` bookkeeping: that is the cost
 gpool exists to avoid) that runs task after task and parks on its own
-``gevent.queue.Channel`` in between. The loop itself lives in the pool, which owns
-the counters it updates.
+``gevent.queue.Channel`` in between. Its loop is :mod:`.loop`; the pool owns the
+counters the loop updates.
 
 A worker refers to its pool only weakly, as CPython's thread pool executor does: a
 pool nobody holds is freed, and its idle workers exit.
@@ -12,12 +12,17 @@ pool nobody holds is freed, and its idle workers exit.
 from __future__ import annotations
 
 import weakref
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
+from gevent.event import AsyncResult
 from gevent.queue import Channel
 from greenlet import greenlet
 
-__all__ = ["NOT_STARTED", "Worker"]
+__all__ = ["NOT_STARTED", "Task", "Worker"]
+
+# What a worker's channel carries: a task (with the AsyncResult that submit() hands
+# its caller, else None), or None, which tells the worker to exit.
+Task = tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any], Optional[AsyncResult]]
 
 LocalLink = Callable[[Any], object]
 
@@ -62,7 +67,7 @@ class Worker(greenlet):  # type: ignore[misc]  # greenlet ships no stubs for sub
         # worker.
         self.first_task: Any = None
         # The channel it parks on while idle; None until it first parks (see
-        # WorkerPool._work). Typed as a Channel, as only parked workers (those on the
+        # :mod:`.loop`). Typed as a Channel, as only parked workers (those on the
         # ready list) are ever sent anything.
         self.channel: Channel[Any] = None
         self.idle_since = 0.0
