@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from gpool._bench import main
+from gpool.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["bench", *sys.argv[1:]]))

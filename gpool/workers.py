@@ -17,12 +17,23 @@ Settings
 gunicorn's ``worker_connections`` (``--worker-connections``, default 1000) is the pool's
 ``size``. The other pool options come from environment variables, set in the shell or
 with gunicorn's own ``--env NAME=VALUE`` (``raw_env`` in a config file); ``--env`` wins.
-Unset or empty means the default.
+Unset or empty means the default. Booleans take ``1``/``0`` (also ``true``/``false``,
+``yes``/``no``, ``on``/``off``). ``gpool serve --workers N`` sets every one of them from
+its flags (``--max-idle`` for ``GPOOL_MAX_IDLE``, and so on), so the shell's values do
+not reach its workers.
 
 - ``GPOOL_MAX_IDLE``: ``max_idle``, seconds a worker greenlet may idle before it is
   retired; a number > 0, default 10.
 - ``GPOOL_MIN_IDLE``: ``min_idle``, idle worker greenlets kept however long they idle;
   an int from 0 to ``worker_connections``, default 0.
+- ``GPOOL_MAX_TASKS_PER_WORKER``: ``max_tasks_per_worker``, retire a worker greenlet
+  after this many tasks (connections) and start a fresh one; an int >= 1, default never.
+- ``GPOOL_ISOLATE``: ``isolate``, ``1`` or ``0``; each task, and each request on a
+  keep-alive connection, starts with no ``contextvars`` or ``threading.local`` values
+  left by the one before; default 1.
+- ``GPOOL_LOG_ALL_ERRORS``: ``log_all_errors``, ``1`` or ``0``; also log network errors
+  that only mean the client went away (broken pipe, reset, timeout), which otherwise go
+  to the ``gpool`` logger at DEBUG; default 0.
 - ``GPOOL_OVERFLOW``: ``overflow``, ``backlog`` (default: clients wait in the listen
   queue while the pool is full) or ``reject`` (they get ``503`` at once).
 - ``GPOOL_MAX_DETACHED``: ``max_detached``, most requests detached with
@@ -33,9 +44,6 @@ Unset or empty means the default.
   killed (the client's connection is closed) and its worker greenlet retired; default
   off. Unlike gunicorn's ``--timeout``, which restarts a whole worker process that
   stops answering the master, this ends one stuck request and spares the others.
-- ``GPOOL_ISOLATE``: ``isolate``, ``1`` or ``0``; each task, and each request on a
-  keep-alive connection, starts with no ``contextvars`` or ``threading.local`` values
-  left by the one before; default 1.
 - ``GPOOL_RECLAIM_IDLE_AFTER``: the server's ``reclaim_idle_after``, seconds a
   keep-alive connection must have waited for its next request before it may be hung
   up (for a waiting client, or by a drain); default 1.0.

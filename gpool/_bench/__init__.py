@@ -18,28 +18,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any, Sequence
+from typing import Sequence
 
-__all__ = ["add_bench_parser", "main"]
+__all__ = ["BENCH_HELP", "main"]
+
+# One line for `gpool --help`, which lists the command without importing the harness.
+BENCH_HELP = "compare gpool with gevent's spawn and Pool (servers, dispatch, memory)"
 
 
-def add_bench_parser(commands: Any) -> argparse.ArgumentParser:
-    """Add ``bench`` to the ``gpool`` command's subparsers *commands*."""
+def main(
+    argv: Sequence[str] | None = None, parser_class: type[argparse.ArgumentParser] = argparse.ArgumentParser
+) -> int:
+    """``gpool bench ARGS``: *argv* are the arguments after ``bench``.
+
+    The ``gpool`` command calls this only when its first argument is ``bench`` (so no
+    other command imports the harness), with its one-line-error *parser_class*;
+    ``benchmarks/run.py`` calls it with the script's own arguments.
+    """
+    try:
+        import resource  # noqa: F401 - the harness measures children with it
+    except ImportError:
+        print("gpool bench: error: the benchmark harness needs a Unix system (the resource module)", file=sys.stderr)
+        return 2
     from .command import configure
 
-    parser: argparse.ArgumentParser = commands.add_parser(
-        "bench", help="compare gpool with gevent's spawn and Pool (servers, dispatch, memory)"
-    )
+    parser = parser_class(prog="gpool bench")  # configure() writes the description
     configure(parser)
-    return parser
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``gpool bench`` on its own (``benchmarks/run.py`` calls this)."""
-    from .._cli.main import _OneLineErrors
-
-    parser = _OneLineErrors(prog="gpool")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
-    args = parser.parse_args(["bench", *(sys.argv[1:] if argv is None else argv)])
+    args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     status: int = args.run(args)
     return status

@@ -18,7 +18,10 @@ from typing import Any, Callable, Iterable
 
 from .._core.pool import WorkerPool, current_pool
 
-__all__ = ["app"]
+__all__ = ["DEMO_APP", "app"]
+
+# What gpool serve loads when given no MODULE:APP, one process or many.
+DEMO_APP = f"{__name__}:app"
 
 StartResponse = Callable[..., Any]
 _Reply = tuple[str, str, bytes]

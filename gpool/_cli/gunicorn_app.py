@@ -1,34 +1,39 @@
 """``gpool serve --workers N``: a WSGI app in N gunicorn worker processes.
 
 gunicorn's arbiter does the prefork, the supervision and the signals; each worker is
-a :mod:`gpool.workers` class building its own WorkerPool. The pool options travel to
-the workers as the ``GPOOL_*`` environment variables those classes read, through
-gunicorn's ``raw_env`` setting, so they behave exactly as under ``gunicorn -k``.
+a :mod:`gpool.workers` class building its own WorkerPool. The pool and server options
+travel to the workers as the ``GPOOL_*`` environment variables those classes read
+(both written from the options tables, by :func:`gpool._serving.options.environment_for`),
+through gunicorn's ``raw_env`` setting, so they behave exactly as under ``gunicorn -k``.
+
+Which app to load, and how ``gpool serve`` announces itself, are ``gpool serve``'s
+own rules: it hands them in as callables, so they are written once, in :mod:`.serve`.
 """
 
 from __future__ import annotations
 
-import importlib
 import math
-import os
 import signal
 import sys
-from typing import Any
+from typing import Any, Callable
 
 from gunicorn.app.base import BaseApplication  # type: ignore[import-untyped]
 from gunicorn.arbiter import Arbiter  # type: ignore[import-untyped]
 from gunicorn.config import KNOWN_SETTINGS  # type: ignore[import-untyped]
-from gunicorn.util import import_app  # type: ignore[import-untyped]
 
-from .._core.pool import WorkerPool
-from .._core.validate import check_seconds
-from .._serving.keepalive import DEFAULT_RECLAIM_IDLE_AFTER
+from .._core.options import POOL_OPTIONS, check_pool_options
+from .._core.validate import check_count
+from .._serving.options import SERVER_OPTIONS, check_server_options, environment_for
 from .._serving.workers import GPoolPyWSGIWorker
 
-__all__ = ["DEMO_APP", "ServeWorker", "run_gunicorn"]
+__all__ = ["ServeWorker", "run_gunicorn"]
 
-DEMO_APP = "gpool._cli.demo:app"
 SERVE_WORKER = "gpool._cli.gunicorn_app.ServeWorker"
+# The options a worker can be given: those with a GPOOL_* variable, and the size,
+# which is gunicorn's worker_connections.
+_POOL_NAMES = frozenset(option.name for option in POOL_OPTIONS if option.variable is not None) | {"size"}
+_SERVER_NAMES = frozenset(option.name for option in SERVER_OPTIONS if option.variable is not None)
+_SIZE = next(option for option in POOL_OPTIONS if option.name == "size")
 
 
 class _ServeArbiter(Arbiter):  # type: ignore[misc]
@@ -53,10 +58,10 @@ class ServeWorker(GPoolPyWSGIWorker):
 
 
 class _Application(BaseApplication):  # type: ignore[misc]  # gunicorn ships no type information
-    """A gunicorn application from an import string and a dict of settings."""
+    """A gunicorn application from a loading function and a dict of settings."""
 
-    def __init__(self, app_uri: str, settings: dict[str, Any]) -> None:
-        self._app_uri = app_uri
+    def __init__(self, load: Callable[[], Any], settings: dict[str, Any]) -> None:
+        self._load = load
         self._settings = settings
         super().__init__()
 
@@ -68,101 +73,75 @@ class _Application(BaseApplication):  # type: ignore[misc]  # gunicorn ships no 
             self.cfg.set(name, value)
 
     def load(self) -> Any:
-        # In each worker, after the fork and the monkey-patching. As gunicorn's own
-        # command does, modules are found from the working directory.
-        cwd = os.getcwd()
-        if cwd not in sys.path:
-            sys.path.insert(0, cwd)
-        return import_app(_with_attribute(self._app_uri))
-
-
-def _with_attribute(app_uri: str) -> str:
-    """Name the app's attribute: a module alone means its ``application``, else its
-    ``app``, as in ``gpool serve`` (gunicorn would only try ``application``)."""
-    if ":" in app_uri:
-        return app_uri
-    module = importlib.import_module(app_uri)
-    return f"{app_uri}:{'application' if hasattr(module, 'application') else 'app'}"
+        # In each worker, after the fork and the monkey-patching.
+        return self._load()
 
 
 def run_gunicorn(
-    app: str | None,
+    load: Callable[[], Any],
     *,
     bind: str,
     workers: int,
-    size: int,
-    max_idle: float,
-    min_idle: int,
-    overflow: str,
     log_level: str,
     worker_class: str = SERVE_WORKER,
     graceful_timeout: float = 30.0,
-    soft_deadline: float | None = None,
-    hard_deadline: float | None = None,
-    reclaim_idle_after: float = DEFAULT_RECLAIM_IDLE_AFTER,
-    isolate: bool = True,
+    on_listening: Callable[[str, int], None] | None = None,
+    **options: Any,
 ) -> int:
-    """Serve *app* ("module:attribute" or "module"; None: gpool's demo app) with gunicorn.
+    """Serve the WSGI app *load()* returns (called in each worker, after the fork and
+    the monkey-patching) with gunicorn.
 
-    *size* is each worker's ``worker_connections``; *max_idle*, *min_idle*, *overflow*
-    the deadlines and *isolate* reach its WorkerPool, *reclaim_idle_after* its server, as
-    ``GPOOL_*`` variables. *graceful_timeout* is
-    rounded up to whole seconds, gunicorn's unit. Blocks until the master exits and
-    returns its exit status (0 after SIGTERM or SIGINT; both drain). Raises TypeError/ValueError,
-    from WorkerPool, for pool options it would refuse, before starting anything.
+    *options* are the pool's and the server's, by name, as in the options tables:
+    ``size`` is each worker's ``worker_connections`` (default 1000), every other one
+    with a ``GPOOL_*`` variable reaches the workers as that variable; left out, an
+    option has its default (whatever the shell's environment says). *graceful_timeout*
+    is rounded up to whole seconds, gunicorn's unit. *on_listening(host, port)* is
+    called in the master for each listening socket once ready. Blocks until the master
+    exits and returns its exit status (0 after SIGTERM or SIGINT; both drain). Raises
+    TypeError/ValueError, as WorkerPool would, for options it refuses, before starting
+    anything.
     """
-    # Refuse bad options here, once, rather than in every worker after the fork.
-    WorkerPool(
-        size,
-        max_idle=max_idle,
-        min_idle=min_idle,
-        overflow=overflow,
-        soft_deadline=soft_deadline,
-        hard_deadline=hard_deadline,
-        isolate=isolate,
-    )
-    check_seconds("reclaim_idle_after", reclaim_idle_after)
-    environment = [
-        f"GPOOL_MAX_IDLE={max_idle!r}",
-        f"GPOOL_MIN_IDLE={min_idle}",
-        f"GPOOL_OVERFLOW={overflow}",
-        f"GPOOL_RECLAIM_IDLE_AFTER={reclaim_idle_after!r}",
-        f"GPOOL_ISOLATE={int(isolate)}",
-    ]
-    if soft_deadline is not None:
-        environment.append(f"GPOOL_SOFT_DEADLINE={soft_deadline!r}")
-    if hard_deadline is not None:
-        environment.append(f"GPOOL_HARD_DEADLINE={hard_deadline!r}")
+    pool, server = _checked_options(options)
     settings: dict[str, Any] = {
         "bind": [bind],
         "workers": workers,
         "worker_class": worker_class,
-        "worker_connections": size,
+        "worker_connections": pool["size"],
         "graceful_timeout": math.ceil(graceful_timeout),
         "loglevel": log_level,
-        "raw_env": environment,
+        "raw_env": environment_for({**pool, **server}),
     }
-    settings["when_ready"] = lambda arbiter: _announce(arbiter, workers, size, overflow)
+    if on_listening is not None:
+        settings["when_ready"] = lambda arbiter: _announce(arbiter, on_listening)
     if any(setting.name == "control_socket_disable" for setting in KNOWN_SETTINGS):
         # gunicorn >= 24 opens a control socket at a fixed path by default; two
         # `gpool serve` runs (or one beside a real gunicorn) would take it from each other.
         settings["control_socket_disable"] = True
     try:
-        _Application(app or DEMO_APP, settings).run()
+        _Application(load, settings).run()
     except SystemExit as exc:  # the arbiter always ends with sys.exit()
         return _exit_status(exc.code)
     return 0
 
 
-def _announce(arbiter: Any, workers: int, size: int, overflow: str) -> None:
-    """The line ``gpool serve`` prints once listening, with the real port(s)."""
+def _checked_options(options: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pool's and the server's options, checked here, once, rather than in every
+    worker after the fork."""
+    for name in options:
+        if name not in _POOL_NAMES and name not in _SERVER_NAMES:
+            raise TypeError(f"run_gunicorn() got an unexpected keyword argument {name!r}")
+    pool = {name: value for name, value in options.items() if name in _POOL_NAMES}
+    server = {name: value for name, value in options.items() if name in _SERVER_NAMES}
+    # A worker's pool always has a bound: gunicorn's worker_connections.
+    pool.setdefault("size", _SIZE.serving_default)
+    check_count("size", pool["size"], minimum=1)
+    return check_pool_options(**pool), check_server_options(**server)
+
+
+def _announce(arbiter: Any, on_listening: Callable[[str, int], None]) -> None:
     for listener in arbiter.LISTENERS:
         host, port = listener.sock.getsockname()[:2]
-        url = f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
-        print(
-            f"gpool: serving {url} (pool size {size}, overflow {overflow}, {workers} workers; Ctrl-C to stop)",
-            flush=True,
-        )
+        on_listening(host, port)
 
 
 def _exit_status(code: object) -> int:

@@ -24,12 +24,15 @@ import re
 import signal
 import socket
 import sys
+from functools import partial
 from typing import Any, Callable, NamedTuple
 
+from .._core.options import POOL_OPTIONS, Option, check_pool_options, describe_pool
 from .._core.pool import WorkerPool
-from .._core.validate import check_count, check_seconds
+from .._core.validate import check_count
 from .._serving.drain import drain
-from .._serving.keepalive import DEFAULT_RECLAIM_IDLE_AFTER
+from .._serving.options import SERVER_OPTIONS, check_server_options
+from .demo import DEMO_APP
 
 __all__ = ["AppLoadError", "add_serve_parser", "load_app"]
 
@@ -38,24 +41,18 @@ _log = logging.getLogger("gpool")
 _PROG = "gpool serve"
 # Appended to errors in flag values, as the parser appends it to its own.
 _HINT = f" (see {_PROG} --help)"
-DEMO_APP = "gpool._cli.demo:app"
 # Tried in this order when MODULE:APP names only the module (gunicorn's name first).
 _DEFAULT_ATTRIBUTES = ("application", "app")
 _LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 # Clients wait in the listen queue while every slot is busy (overflow="backlog"); the
 # kernel caps it at net.core.somaxconn.
 _BACKLOG = 1024
-# WorkerPool's option names, as they start its TypeError/ValueError messages, and the
+# The pool's and the server's options that have a flag, from the options tables.
+_POOL_FLAGS = tuple(option for option in POOL_OPTIONS if option.flag)
+_SERVER_FLAGS = tuple(option for option in SERVER_OPTIONS if option.flag)
+# Option names, as they start the options' TypeError/ValueError messages, and the
 # flags that set them.
-_FLAGS = {
-    "size": "--size",
-    "max_idle": "--max-idle",
-    "min_idle": "--min-idle",
-    "overflow": "--overflow",
-    "soft_deadline": "--soft-deadline",
-    "hard_deadline": "--hard-deadline",
-    "reclaim_idle_after": "--reclaim-idle-after",
-}
+_FLAGS = {option.name: option.flag for option in (*_POOL_FLAGS, *_SERVER_FLAGS) if option.flag}
 _OPTION_NAMES = re.compile(r"\b(?:" + "|".join(_FLAGS) + r")\b")
 
 
@@ -63,9 +60,13 @@ class Address(NamedTuple):
     host: str
     port: int
 
+    def host_port(self) -> str:
+        """``HOST:PORT``, an IPv6 literal in brackets (as in a URL, and as gunicorn wants it)."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
     def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host  # an IPv6 literal
-        return f"http://{host}:{self.port}"
+        return f"http://{self.host_port()}"
 
 
 class _Refused(Exception):
@@ -107,55 +108,8 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
         metavar="HOST:PORT",
         help="address to listen on ([::1]:PORT for IPv6); port 0 picks a free one (default: %(default)s)",
     )
-    parser.add_argument(
-        "--size", type=int, default=1000, metavar="N", help="most requests served at once (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--max-idle",
-        type=float,
-        default=10.0,
-        metavar="SECONDS",
-        help="retire a worker greenlet idle this long (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--min-idle", type=int, default=0, metavar="N", help="idle workers always kept (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--overflow",
-        default="backlog",
-        metavar="{backlog,reject}",
-        help="when all --size slots are busy: 'backlog' leaves new clients waiting in the listen "
-        "queue, 'reject' answers them 503 at once (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--soft-deadline",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="log the stack of a request still running after this long, once (default: off)",
-    )
-    parser.add_argument(
-        "--hard-deadline",
-        type=float,
-        default=None,
-        metavar="SECONDS",
-        help="kill a request still running after this long, closing its connection (default: off)",
-    )
-    parser.add_argument(
-        "--reclaim-idle-after",
-        type=float,
-        default=DEFAULT_RECLAIM_IDLE_AFTER,
-        metavar="SECONDS",
-        help="when every slot is busy and a new client waits (and during a drain), hang up a "
-        "keep-alive connection only once it has waited this long for its next request; busier "
-        "ones are closed gracefully, with Connection: close (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--no-isolate",
-        action="store_true",
-        help="let a request see the contextvars and threading.local/gevent.local values the "
-        "previous task or request on its worker set (faster by about a microsecond; default: isolated)",
-    )
+    for option in (*_POOL_FLAGS, *_SERVER_FLAGS):
+        _add_option_flag(parser, option)
     parser.add_argument(
         "--workers",
         type=int,
@@ -191,6 +145,30 @@ def add_serve_parser(commands: Any) -> argparse.ArgumentParser:
     return parser
 
 
+def _add_option_flag(parser: argparse.ArgumentParser, option: Option) -> None:
+    """The flag of a pool or server option, as its table entry declares it: a switch
+    for a bool (turning its default around), else a value parsed by the table's parser."""
+    flag, default = option.flag, option.serving_default
+    assert flag is not None, option
+    if isinstance(default, bool):
+        parser.add_argument(
+            flag,
+            dest=option.name,
+            action="store_false" if default else "store_true",
+            help=f"{option.help} (default: {option.describe(default)})",
+        )
+        return
+    assert option.parse is not None, f"{flag} needs a parser"
+    parser.add_argument(
+        flag,
+        dest=option.name,
+        type=option.parse,
+        default=default,
+        metavar=option.metavar,
+        help=f"{option.help} (default: {option.describe(default)})",
+    )
+
+
 def parse_bind(text: str) -> Address:
     """``HOST:PORT`` (``[IPv6]:PORT`` too) as an :class:`Address`; argparse's ``type=``."""
     host, colon, port_text = text.rpartition(":")
@@ -208,26 +186,22 @@ def run(args: argparse.Namespace) -> int:
     """``gpool serve``'s entry point: the exit status."""
     try:
         _check_flags(args)
-        pool = _build_pool(args)
+        pool_options, server_options = _options(args)
         if args.workers > 1:
-            # Each gunicorn worker builds its own pool; this one only checked the flags.
-            return _run_gunicorn(args)
-        return _serve(args, pool)
+            # Each gunicorn worker builds its own pool, from the same options.
+            return _run_gunicorn(args, pool_options, server_options)
+        return _serve(args, pool_options, server_options)
     except _Refused as exc:
         print(f"{_PROG}: error: {exc}", file=sys.stderr, flush=True)
         return 2
 
 
 def _check_flags(args: argparse.Namespace) -> None:
-    """The checks that neither argparse's ``type=`` nor WorkerPool makes."""
+    """The checks that neither argparse's ``type=`` nor the options tables make."""
     try:
-        # WorkerPool would also take size=None, which no flag value can mean.
+        # WorkerPool would also take size=None, which no flag value can mean: say so.
         check_count("--size", args.size, minimum=1)
         check_count("--workers", args.workers, minimum=1)
-    except ValueError as exc:
-        raise _Refused(f"{exc}{_HINT}") from None
-    try:
-        check_seconds("--reclaim-idle-after", args.reclaim_idle_after)
     except ValueError as exc:
         raise _Refused(f"{exc}{_HINT}") from None
     timeout = args.graceful_timeout
@@ -235,29 +209,34 @@ def _check_flags(args: argparse.Namespace) -> None:
         raise _Refused(f"--graceful-timeout must be a finite number of seconds >= 0, got {timeout}{_HINT}")
 
 
-def _build_pool(args: argparse.Namespace) -> WorkerPool:
-    """A WorkerPool from the flags; its own validation turned into a one-line refusal.
+def _options(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The pool's and the server's options from the flags, checked by the tables' rules
+    (those of WorkerPool itself), a refusal naming the flags.
 
-    Building one is safe before monkey-patching and forking: a pool creates no gevent
-    object until it first runs a task.
+    Only the options that have a flag: the rest keep their defaults, here as in the
+    gunicorn workers.
     """
     try:
-        return WorkerPool(
-            args.size,
-            max_idle=args.max_idle,
-            min_idle=args.min_idle,
-            overflow=args.overflow,
-            soft_deadline=args.soft_deadline,
-            hard_deadline=args.hard_deadline,
-            isolate=not args.no_isolate,
-        )
+        pool = check_pool_options(**_flag_values(args, _POOL_FLAGS))
+        server = check_server_options(**_flag_values(args, _SERVER_FLAGS))
     except (TypeError, ValueError) as exc:
         raise _Refused(f"{_flag_message(str(exc))}{_HINT}") from None
+    return pool, server
+
+
+def _flag_values(args: argparse.Namespace, options: tuple[Option, ...]) -> dict[str, Any]:
+    return {option.name: getattr(args, option.name) for option in options}
 
 
 def _flag_message(message: str) -> str:
     """Name the flags rather than the keyword arguments: "--max-idle must be ..."."""
     return _OPTION_NAMES.sub(lambda match: _FLAGS[match.group(0)], message)
+
+
+def _banner(address: Address, size: int, overflow: str, workers: int = 1) -> str:
+    """The line ``gpool serve`` prints once listening (one per listener)."""
+    processes = f", {workers} workers" if workers > 1 else ""
+    return f"gpool: serving {address.url()} (pool size {size}, overflow {overflow}{processes}; Ctrl-C to stop)"
 
 
 # -- loading the app ------------------------------------------------------------------
@@ -332,7 +311,10 @@ def _load(spec: str) -> Callable[..., Any]:
 # -- one process ----------------------------------------------------------------------
 
 
-def _serve(args: argparse.Namespace, pool: WorkerPool) -> int:
+def _serve(args: argparse.Namespace, pool_options: dict[str, Any], server_options: dict[str, Any]) -> int:
+    # Building a pool is safe before monkey-patching: it creates no gevent object
+    # until it first runs a task.
+    pool = WorkerPool(**pool_options)
     if not args.no_monkey_patch:
         # Before the app (and anything it imports) is loaded, as gunicorn's gevent
         # worker does, so the app's sockets, locks and sleeps are gevent's.
@@ -341,15 +323,13 @@ def _serve(args: argparse.Namespace, pool: WorkerPool) -> int:
         monkey.patch_all()
     _configure_logging(args.log_level)
     app = _load(args.app or DEMO_APP)
-    server = _listen(args.bind, app, pool, args.reclaim_idle_after)
+    server = _listen(args.bind, app, pool, server_options)
     stop = _StopSignal(pool)
     handlers = stop.install()
     try:
+        _log.info("serving (pid: %s): %s, server %s", os.getpid(), describe_pool(pool_options), _words(server_options))
         address = Address(server.server_host, server.server_port)
-        print(
-            f"gpool: serving {address.url()} (pool size {args.size}, overflow {args.overflow}; Ctrl-C to stop)",
-            flush=True,
-        )
+        print(_banner(address, pool_options["size"], pool_options["overflow"]), flush=True)
         stop.requested.wait()
         _log.info("stopping: draining for up to %.1f s (a second signal kills what still runs)", args.graceful_timeout)
         drain(server, args.graceful_timeout)
@@ -358,6 +338,10 @@ def _serve(args: argparse.Namespace, pool: WorkerPool) -> int:
             handler.cancel()
         pool.close()
     return 0
+
+
+def _words(options: dict[str, Any]) -> str:
+    return ", ".join(f"{name}={value!r}" for name, value in options.items())
 
 
 def _configure_logging(level_name: str) -> None:
@@ -380,7 +364,7 @@ def _stderr_handler(fmt: str) -> logging.Handler:
     return handler
 
 
-def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool, reclaim_idle_after: float) -> Any:
+def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool, server_options: dict[str, Any]) -> Any:
     from .._serving.wsgi import WSGIServer
 
     try:
@@ -391,7 +375,7 @@ def _listen(address: Address, app: Callable[..., Any], pool: WorkerPool, reclaim
             # Loggers, which pywsgi wraps: access lines at INFO, its protocol errors at ERROR.
             log=logging.getLogger("gpool.access"),
             error_log=logging.getLogger("gpool.wsgi"),
-            reclaim_idle_after=reclaim_idle_after,
+            **server_options,
         )
         server.start()
     except OSError as exc:
@@ -473,11 +457,11 @@ def _gunicorn_missing(workers: int, exc: ImportError) -> str:
     return f"--workers {workers}: gunicorn did not import ({exc}); gpool needs gunicorn>=23: pip install -U gunicorn"
 
 
-def _run_gunicorn(args: argparse.Namespace) -> int:
+def _run_gunicorn(args: argparse.Namespace, pool_options: dict[str, Any], server_options: dict[str, Any]) -> int:
     """N worker processes through gunicorn's arbiter and gpool's worker class.
 
     No monkey-patching here, in the master: gunicorn's gevent-based workers patch
-    after the fork, before they load the app.
+    after the fork, before they load the app (with :func:`load_app`, as one process does).
     """
     try:
         # unused-ignore: the module is written alongside this one and may be missing.
@@ -485,24 +469,19 @@ def _run_gunicorn(args: argparse.Namespace) -> int:
     except ImportError as exc:
         raise _Refused(_gunicorn_missing(args.workers, exc)) from None
     status: int = run_gunicorn(
-        args.app or DEMO_APP,
-        bind=_gunicorn_bind(args.bind),
+        partial(load_app, args.app or DEMO_APP),
+        bind=args.bind.host_port(),
         workers=args.workers,
-        size=args.size,
-        max_idle=args.max_idle,
-        min_idle=args.min_idle,
-        overflow=args.overflow,
         log_level=args.log_level,
         graceful_timeout=args.graceful_timeout,
-        soft_deadline=args.soft_deadline,
-        hard_deadline=args.hard_deadline,
-        reclaim_idle_after=args.reclaim_idle_after,
-        isolate=not args.no_isolate,
+        on_listening=partial(_announce, pool_options["size"], pool_options["overflow"], args.workers),
+        # The options that have a flag, the same ones one process is built from.
+        **{option.name: pool_options[option.name] for option in _POOL_FLAGS},
+        **{option.name: server_options[option.name] for option in _SERVER_FLAGS},
     )
     return status
 
 
-def _gunicorn_bind(address: Address) -> str:
-    # gunicorn wants an IPv6 literal in brackets, as in a URL.
-    host = f"[{address.host}]" if ":" in address.host else address.host
-    return f"{host}:{address.port}"
+def _announce(size: int, overflow: str, workers: int, host: str, port: int) -> None:
+    """In gunicorn's master, once a listener is ready: the line one process prints too."""
+    print(_banner(Address(host, port), size, overflow, workers), flush=True)

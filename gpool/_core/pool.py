@@ -26,20 +26,13 @@ from greenlet import getcurrent
 from .errorlog import report
 from .errors import PoolClosed, PoolFull
 from .loop import work
+from .options import check_pool_options
 from .outcome import COMPLETED, FAILED, FATAL, KILLED
-from .overflow import OVERFLOW_POLICIES, OverloadLog, answer_for
+from .overflow import OverloadLog, answer_for
 from .ready import ReadyStack
 from .slots import SlotCount, SlotSignal
 from .stats import PoolStats
-from .validate import (
-    check_bool,
-    check_callable,
-    check_choice,
-    check_count,
-    check_exception,
-    check_seconds,
-    check_timeout,
-)
+from .validate import check_bool, check_exception, check_timeout
 from .watchdog import Watchdog
 from .worker import Task, Worker
 
@@ -161,27 +154,34 @@ class WorkerPool:
         soft_deadline: float | None = None,
         hard_deadline: float | None = None,
     ) -> None:
-        self._size = check_count("size", size, minimum=1, allow_none=True)
-        self._max_idle = check_seconds("max_idle", max_idle)
-        min_idle_count = check_count("min_idle", min_idle, minimum=0)
-        assert min_idle_count is not None
-        if self._size is not None and min_idle_count > self._size:
-            raise ValueError(f"min_idle must not exceed size ({self._size}), got {min_idle!r}")
-        self._min_idle = min_idle_count
-        self._max_tasks = check_count("max_tasks_per_worker", max_tasks_per_worker, minimum=1, allow_none=True)
-        self._isolate = check_bool("isolate", isolate)
-        self._log_all_errors = check_bool("log_all_errors", log_all_errors)
-        self._overflow = check_choice("overflow", overflow, OVERFLOW_POLICIES)
+        # The options table's rules, the same ones gpool serve and the gunicorn workers
+        # apply. (Imported here for now; it belongs with the module's imports.)
+        options = check_pool_options(
+            size=size,
+            max_idle=max_idle,
+            min_idle=min_idle,
+            max_tasks_per_worker=max_tasks_per_worker,
+            isolate=isolate,
+            log_all_errors=log_all_errors,
+            overflow=overflow,
+            on_reject=on_reject,
+            max_detached=max_detached,
+            soft_deadline=soft_deadline,
+            hard_deadline=hard_deadline,
+        )
+        self._size: int | None = options["size"]
+        self._max_idle: float = options["max_idle"]
+        self._min_idle: int = options["min_idle"]
+        self._max_tasks: int | None = options["max_tasks_per_worker"]
+        self._isolate: bool = options["isolate"]
+        self._log_all_errors: bool = options["log_all_errors"]
+        self._overflow: str = options["overflow"]
         self._reject = self._overflow == "reject"
-        self._on_reject = check_callable("on_reject", on_reject, allow_none=True)
-        detach_limit = check_count("max_detached", max_detached, minimum=0, allow_none=True)
+        self._on_reject: Callable[..., Any] | None = options["on_reject"]
+        detach_limit: int | None = options["max_detached"]
         self._max_detached = self._size if detach_limit is None else detach_limit
-        soft = None if soft_deadline is None else check_seconds("soft_deadline", soft_deadline)
-        hard = None if hard_deadline is None else check_seconds("hard_deadline", hard_deadline)
-        if soft is not None and hard is not None and soft >= hard:
-            raise ValueError(
-                f"soft_deadline must be less than hard_deadline ({hard_deadline!r}), got {soft_deadline!r}"
-            )
+        soft: float | None = options["soft_deadline"]
+        hard: float | None = options["hard_deadline"]
         self._watchdog = None if soft is None and hard is None else Watchdog(soft, hard)
 
         # The hub is bound on first use, not here: gunicorn builds worker classes (and

@@ -6,7 +6,7 @@ import logging
 import os
 import sys
 from functools import partial
-from typing import Any, Callable, Mapping, NamedTuple
+from typing import Any, Callable
 
 import gevent
 import gunicorn  # type: ignore[import-untyped]
@@ -23,10 +23,11 @@ from gunicorn.workers.ggevent import GeventWorker, PyWSGIHandler  # type: ignore
 
 from .. import __version__
 from .._core.isolation import forget_request_state
+from .._core.options import describe_pool
 from .._core.pool import WorkerPool
-from .._core.validate import check_seconds
 from .drain import drain
 from .keepalive import Connection, IdleConnections, socket_parts
+from .options import SettingError, pool_options_from, server_options_from
 from .reclaim import ReclaimingServer
 from .reject import answer_503
 from .wsgi import WSGIHandler, WSGIServer
@@ -47,93 +48,8 @@ _HEARTBEAT = 1.0
 
 
 # -- settings ---------------------------------------------------------------------------
-
-
-class _SettingError(ValueError):
-    """A GPOOL_* variable (or worker_connections) that WorkerPool does not accept."""
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.lower()
-    if value in ("1", "true", "yes", "on"):
-        return True
-    if value in ("0", "false", "no", "off"):
-        return False
-    raise ValueError(text)
-
-
-class _Setting(NamedTuple):
-    variable: str
-    option: str
-    parse: Callable[[str], Any]
-    allowed: str  # for values that do not even parse; WorkerPool words the rest
-
-
-_SETTINGS = (
-    _Setting("GPOOL_MAX_IDLE", "max_idle", float, "a positive, finite number of seconds"),
-    _Setting("GPOOL_MIN_IDLE", "min_idle", int, "an int >= 0"),
-    _Setting("GPOOL_OVERFLOW", "overflow", str, "'backlog' or 'reject'"),
-    _Setting("GPOOL_MAX_DETACHED", "max_detached", int, "an int >= 0"),
-    _Setting("GPOOL_SOFT_DEADLINE", "soft_deadline", float, "a positive, finite number of seconds"),
-    _Setting("GPOOL_HARD_DEADLINE", "hard_deadline", float, "a positive, finite number of seconds"),
-    _Setting("GPOOL_ISOLATE", "isolate", _parse_bool, "1 or 0 (also true/false, yes/no, on/off)"),
-)
-
-# Options of the server rather than the pool, checked by the server's own rules.
-_SERVER_SETTINGS = (
-    _Setting("GPOOL_RECLAIM_IDLE_AFTER", "reclaim_idle_after", float, "a positive, finite number of seconds"),
-)
-
-
-def _pool_options(environ: Mapping[str, str], size: int) -> dict[str, Any]:
-    """The WorkerPool keyword options set by GPOOL_* variables in *environ*.
-
-    Each value is parsed, then checked by building a WorkerPool with it (which creates
-    no gevent object), so the rules are gpool's own. Raises :class:`_SettingError` with
-    one line naming the variable, its value and what is allowed.
-    """
-    _check_with_pool(f"worker_connections={size!r}", size, {})
-    options: dict[str, Any] = {}
-    for setting in _SETTINGS:
-        raw = environ.get(setting.variable, "").strip()
-        if not raw:
-            continue
-        try:
-            value = setting.parse(raw)
-        except ValueError:
-            raise _SettingError(f"{setting.variable}={raw!r}: {setting.option} must be {setting.allowed}") from None
-        _check_with_pool(f"{setting.variable}={raw!r}", size, {setting.option: value})
-        options[setting.option] = value
-    # Rules that tie options together (min_idle <= size, soft before hard deadline).
-    variables = ", ".join(f"{s.variable}={environ[s.variable].strip()!r}" for s in _SETTINGS if s.option in options)
-    _check_with_pool(variables or "GPOOL_*", size, options)
-    return options
-
-
-def _server_options(environ: Mapping[str, str]) -> dict[str, Any]:
-    """The server keyword options set by GPOOL_* variables in *environ*; raises
-    :class:`_SettingError` like :func:`_pool_options`."""
-    options: dict[str, Any] = {}
-    for setting in _SERVER_SETTINGS:
-        raw = environ.get(setting.variable, "").strip()
-        if not raw:
-            continue
-        try:
-            value = setting.parse(raw)
-        except ValueError:
-            raise _SettingError(f"{setting.variable}={raw!r}: {setting.option} must be {setting.allowed}") from None
-        try:
-            options[setting.option] = check_seconds(setting.option, value)
-        except (TypeError, ValueError) as exc:
-            raise _SettingError(f"{setting.variable}={raw!r}: {exc}") from None
-    return options
-
-
-def _check_with_pool(label: str, size: int, options: dict[str, Any]) -> None:
-    try:
-        WorkerPool(size, **options)
-    except (TypeError, ValueError) as exc:
-        raise _SettingError(f"{label}: {exc}") from None
+# The GPOOL_* variables are declared, read and checked in .options (one table for the
+# pool's options, one for the server's); a bad one is a SettingError.
 
 
 class _SettledConfig:
@@ -195,9 +111,9 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
             inherited(cfg, log)
         environ = {**os.environ, **(cfg.env or {})}
         try:
-            _pool_options(environ, cfg.worker_connections)
-            _server_options(environ)
-        except _SettingError as exc:
+            pool_options_from(environ, cfg.worker_connections)
+            server_options_from(environ)
+        except SettingError as exc:
             log.error("%s", exc)
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
 
@@ -208,9 +124,9 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
         _route_gpool_log(self.log)
         environ = {**os.environ, **(self.cfg.env or {})}
         try:
-            self.pool_options = _pool_options(environ, self.worker_connections)
-            self.server_options = _server_options(environ)
-        except _SettingError as exc:
+            self.pool_options = pool_options_from(environ, self.worker_connections)
+            self.server_options = server_options_from(environ)
+        except SettingError as exc:
             self.log.error("%s", exc)
             # The master stops (rather than respawning forever) on this status.
             sys.exit(Arbiter.WORKER_BOOT_ERROR)
@@ -226,15 +142,11 @@ class _PoolWorker(GeventWorker):  # type: ignore[misc]  # gunicorn ships no type
             server = self.make_server(listener, self.make_pool())
             server.start()
             servers.append(server)
-        options = "".join(f", {name}={value!r}" for name, value in self.pool_options.items())
+        pool = describe_pool({"size": self.worker_connections, **self.pool_options})
         server = ", ".join(f"{name}={value!r}" for name, value in self.server_options.items())
         # Also tells that signals are handled now (a signal sent earlier in the boot is lost).
         self.log.info(
-            "Worker serving (pid: %s): WorkerPool(%s%s) per listener%s",
-            self.pid,
-            self.worker_connections,
-            options,
-            f", server {server}" if server else "",
+            "Worker serving (pid: %s): %s per listener%s", self.pid, pool, f", server {server}" if server else ""
         )
         stop_requested = Event()
         self._wake_on_exit = gevent.get_hub().loop.async_()

@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 
-from gpool._bench import main
 from gpool._bench.command import settings_from
 from gpool._bench.load import parse_wrk
 from gpool._bench.scenarios import rotated
@@ -129,12 +128,12 @@ def test_targets_judge_the_floor_the_gunicorn_workers_and_the_worst_anchor() -> 
 
 
 def _parse(*argv: str) -> object:
-    from gpool._bench import add_bench_parser
+    from gpool._bench.command import configure
     from gpool._cli.main import _OneLineErrors
 
-    parser = _OneLineErrors(prog="gpool")
-    add_bench_parser(parser.add_subparsers(dest="command", required=True, parser_class=_OneLineErrors))
-    return parser.parse_args(["bench", *argv])
+    parser = _OneLineErrors(prog="gpool bench")
+    configure(parser)
+    return parser.parse_args(list(argv))
 
 
 def test_quick_changes_only_what_is_not_given() -> None:
@@ -151,8 +150,10 @@ def test_quick_changes_only_what_is_not_given() -> None:
     [["--rounds", "0"], ["--duration", "x"], ["--scenario", "nope"], ["--load", "ab"], ["--alt", "/nonexistent"]],
 )
 def test_bad_options_exit_with_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    from gpool._cli.main import main as gpool_main
+
     with pytest.raises(SystemExit) as exc:
-        main(argv)
+        gpool_main(["bench", *argv])
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("gpool bench: error:") and len(err.strip().splitlines()) == 1
@@ -300,3 +301,55 @@ def test_the_gunicorn_scenarios_are_skipped_with_what_to_install(tmp_path: Path,
     assert line in done.stderr.splitlines()
     assert report["skipped"] == {"gunicorn-gevent-churn": f"{missing} not importable (pip install 'gpool[bench]')"}
     assert set(report["scenarios"]) == {"dispatch"}  # the rest still ran
+
+
+# -- the harness apart: imported only when `gpool bench` runs ----------------------------
+
+
+def _gpool(code: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["serve", "--help"], ["--version"]])
+def test_other_commands_never_import_the_harness(argv: list[str]) -> None:
+    done = _gpool(
+        "import sys\n"
+        "from gpool._cli.main import main\n"
+        "try:\n"
+        f"    main({argv!r})\n"
+        "except SystemExit:\n"
+        "    pass\n"
+        "print('harness imported:', [m for m in sys.modules if m.startswith('gpool._bench.')])\n"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "harness imported: []" in done.stdout
+    if argv == ["--help"]:
+        assert "bench" in done.stdout and "compare gpool" in done.stdout
+
+
+def test_without_the_resource_module_serve_works_and_bench_says_why() -> None:
+    prelude = "import sys\nsys.modules['resource'] = None  # as on Windows\nfrom gpool._cli.main import main\n"
+    serve = _gpool(
+        prelude + "try:\n    main(['serve', '--help'])\nexcept SystemExit as exc:\n    print('exit', exc.code)\n"
+    )
+    assert serve.returncode == 0 and "exit 0" in serve.stdout, serve.stderr
+    assert "--max-idle" in serve.stdout
+    bench = _gpool(prelude + "print('status', main(['bench', '--quick']))\n")
+    assert bench.returncode == 0, bench.stderr
+    assert "status 2" in bench.stdout
+    assert bench.stderr.strip().splitlines() == [
+        "gpool bench: error: the benchmark harness needs a Unix system (the resource module)"
+    ]
+
+
+def test_bench_help_and_usage_errors_come_from_the_harness() -> None:
+    helped = subprocess.run(
+        [sys.executable, "-m", "gpool", "bench", "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert helped.returncode == 0 and "usage: gpool bench" in helped.stdout and "--rounds" in helped.stdout
+    wrong = subprocess.run(
+        [sys.executable, "-m", "gpool", "bench", "--rounds", "0"], capture_output=True, text=True, timeout=60
+    )
+    assert wrong.returncode == 2
+    lines = wrong.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpool bench: error:") and "--rounds" in lines[0], lines

@@ -13,7 +13,7 @@ from greenlet import getcurrent
 
 from gpool import PoolFull, WorkerPool
 
-from ..helpers import in_hub
+from ..helpers import in_hub, wait_until
 
 
 def test_most_recently_released_worker_runs_next_task() -> None:
@@ -40,8 +40,10 @@ def test_most_recently_released_worker_runs_next_task() -> None:
     pool.join()
     assert ran_on == [workers[1]]
     # And the worker released before it comes next.
-    pool.spawn(lambda: gevent.sleep(0.01))
+    gate = Event()
+    pool.spawn(gate.wait)  # takes the hottest, worker 1, and holds it
     pool.spawn(lambda: ran_on.append(getcurrent()))
+    gate.set()
     pool.join()
     assert ran_on[-1] == workers[2]
     assert pool.stats().workers_started == 3
@@ -107,7 +109,7 @@ def test_spawn_waits_for_a_slot_in_a_greenlet() -> None:
     gevent.sleep(0)
 
     spawner = gevent.spawn(pool.spawn, ran.append, "second")
-    gevent.sleep(0.01)
+    wait_until(lambda: pool._semaphore.waiting, what="the spawner waiting for a slot")
     assert not spawner.ready()  # still waiting for the slot
     assert ran == []
     gate.set()

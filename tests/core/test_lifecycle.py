@@ -12,7 +12,7 @@ from greenlet import getcurrent
 
 from gpool import PoolClosed, WorkerPool
 
-from ..conftest import wait_until
+from ..helpers import wait_until
 
 
 class Stop(Exception):

@@ -17,10 +17,7 @@ from gevent.event import Event
 from gpool import WorkerPool
 from gpool._core.worker import Worker
 
-try:  # the helper's home is moving from conftest to helpers
-    from ..helpers import wait_until  # type: ignore[attr-defined]
-except ImportError:
-    from ..conftest import wait_until
+from ..helpers import wait_until
 
 
 def live_workers_of(ref: weakref.ReferenceType[WorkerPool]) -> list[Worker]:

@@ -17,6 +17,8 @@ from greenlet import getcurrent
 
 from gpool import WorkerPool
 
+from ..helpers import in_hub
+
 
 def test_link_fires_once_in_the_hub_with_one_argument_when_a_slot_is_free() -> None:
     pool = WorkerPool(1)
@@ -30,7 +32,11 @@ def test_link_fires_once_in_the_hub_with_one_argument_when_a_slot_is_free() -> N
     pool._semaphore.rawlink(link)
     assert fired.wait(timeout=5)
     assert calls == [((pool._semaphore,), True)]
-    gevent.sleep(0.01)
+    # A later link fires on a later pass over the waiting callbacks: the first, had
+    # it stayed linked, would have fired again with it.
+    later = Event()
+    pool._semaphore.rawlink(lambda _arg: later.set())
+    assert later.wait(timeout=5)
     assert len(calls) == 1  # once only
 
 
@@ -41,7 +47,10 @@ def test_link_waits_while_full_and_fires_when_a_slot_frees() -> None:
     gevent.sleep(0)
     fired = Event()
     pool._semaphore.rawlink(lambda _arg: fired.set())
-    assert not fired.wait(timeout=0.05)
+    # A firing would come from a hub callback: once the hub has run every callback
+    # queued so far, it has had its chance.
+    in_hub(lambda: None)
+    assert not fired.is_set()
     assert pool._semaphore.locked()
     gate.set()
     assert fired.wait(timeout=5)
@@ -58,9 +67,12 @@ def test_unlinked_callback_never_fires() -> None:
     pool._semaphore.rawlink(link)
     pool._semaphore.unlink(link)
     pool._semaphore.unlink(link)  # unknown callbacks are ignored, as gevent's are
+    # A callback still linked fires on the same pass as this one.
+    fired = Event()
+    pool._semaphore.rawlink(lambda _arg: fired.set())
     gate.set()
     assert pool.join(timeout=5)
-    gevent.sleep(0.01)
+    assert fired.wait(timeout=5)
     assert calls == []
 
 
@@ -88,9 +100,16 @@ def test_server_binds_full_and_links_and_unlinks_on_close() -> None:
     server = StreamServer(("127.0.0.1", 0), lambda sock, addr: None, spawn=pool)
     assert server.full == pool.full
     assert server._spawn == pool.spawn
+    assert pool._semaphore.waiting  # linked when built
     server.start()
-    gevent.sleep(0.01)
+    in_hub(lambda: None)  # the hub has run the link's callback, queued as it was made
+    assert not pool._semaphore.waiting  # fired: the server accepts
     server.close()
+    assert not pool._semaphore.waiting
+    # Closed before its link fired: unlinked.
+    unstarted = StreamServer(("127.0.0.1", 0), lambda sock, addr: None, spawn=pool)
+    assert pool._semaphore.waiting
+    unstarted.close()
     assert not pool._semaphore.waiting
     pool.close()
 

@@ -16,7 +16,7 @@ from gevent.server import StreamServer
 
 from gpool import WorkerPool
 
-from ..helpers import connect, exchange
+from ..helpers import connect, exchange, wait_until
 
 CLIENTS = 300
 
@@ -188,9 +188,7 @@ def test_culled_pool_returns_to_baseline(baseline: None) -> None:
     finally:
         server.stop(timeout=5)
     # No close(): the idle workers go by culling alone.
-    with gevent.Timeout(5, AssertionError("workers not culled")):
-        while pool.stats().workers:
-            gevent.sleep(0.01)
+    wait_until(lambda: pool.stats().workers == 0, what="workers culled")
 
 
 def test_system_exit_in_a_handler_reaches_main_without_upsetting_the_server() -> None:

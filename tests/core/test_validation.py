@@ -7,9 +7,9 @@ import math
 import pytest
 
 from gpool import WorkerPool
+from gpool._core.options import check_pool_options
 
-
-@pytest.mark.parametrize(
+BAD_OPTIONS = pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
         ({"size": 0}, ValueError, "size must be None or an int >= 1, got 0"),
@@ -61,11 +61,45 @@ from gpool import WorkerPool
         ),
         # The first bad option in signature order is the one reported.
         ({"size": 0, "max_idle": -1, "overflow": "drop"}, ValueError, "size must be None or an int >= 1, got 0"),
+        # A rule between options comes in order too: right after the later of them.
+        (
+            {"size": 1, "min_idle": 5, "max_tasks_per_worker": 0},
+            ValueError,
+            r"min_idle must not exceed size \(1\), got 5",
+        ),
     ],
 )
+
+
+@BAD_OPTIONS
 def test_bad_options_are_rejected_with_a_clear_message(kwargs: dict, error: type[Exception], message: str) -> None:
     with pytest.raises(error, match=f"^{message}$"):
         WorkerPool(**kwargs)
+
+
+@BAD_OPTIONS
+def test_the_options_table_refuses_what_workerpool_refuses(kwargs: dict, error: type[Exception], message: str) -> None:
+    # gpool serve, the gunicorn workers and run_gunicorn check with it, without a pool.
+    with pytest.raises(error, match=f"^{message}$"):
+        check_pool_options(**kwargs)
+
+
+def test_the_options_table_fills_in_the_defaults() -> None:
+    assert check_pool_options(size=3, soft_deadline=1) == {
+        "size": 3,
+        "max_idle": 10.0,
+        "min_idle": 0,
+        "max_tasks_per_worker": None,
+        "isolate": True,
+        "log_all_errors": False,
+        "overflow": "backlog",
+        "on_reject": None,
+        "max_detached": None,
+        "soft_deadline": 1.0,
+        "hard_deadline": None,
+    }
+    with pytest.raises(TypeError, match="unexpected option 'maxidle'"):
+        check_pool_options(maxidle=1)
 
 
 def test_options_are_keyword_only() -> None:

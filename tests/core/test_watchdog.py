@@ -1,5 +1,18 @@
 """The stuck-task watchdog: soft_deadline logs a stuck task's stack once, hard_deadline
-kills the task and retires its worker."""
+kills the task and retires its worker.
+
+Most tests run on a :class:`~tests.helpers.FakeClock` (``pool._set_clock``, which
+the watchdog reads for task ages too) and run the watchdog's timer callback by hand
+(``pool._watchdog.tick(pool._workers)``, in the hub as the timer runs it): a deadline
+passes exactly when the test advances the clock, and "nothing else happened" is
+checked right after a tick that would have done it. The deadlines there are long, so
+the real timer (which still ticks, every second) reads a clock that only the test
+moves: its ticks decide the same as the test's own.
+
+Two tests stay on the real clock and the real timer, to prove the timer is armed and
+acts within a tick of a deadline: ``test_hard_deadline_kills_the_task_and_retires_its_worker``
+and ``test_a_hung_wsgi_request_gets_a_500_and_the_server_carries_on``.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +29,32 @@ from gevent.server import StreamServer
 import gpool
 from gpool import DeadlineExceeded, WorkerPool
 
-from ..conftest import wait_until
-from ..helpers import connect, exchange, running
+from ..helpers import FakeClock, connect, exchange, in_hub, running, wait_until
 
-# Short deadlines keep the tests fast; the watchdog ticks every tenth of the shorter one.
-SOFT = 0.1
-HARD = 0.3
+# Fake-clock deadlines: long, so the real timer ticks only once a second.
+SOFT = 10.0
+HARD = 30.0
+# Real-clock deadline of the end-to-end tests: short keeps them fast; the watchdog
+# ticks every tenth of it.
+REAL_HARD = 0.3
 
 
-def stuck_in_a_recognisable_place(release: Event) -> str:
+def on_fake_clock(size: int, **kwargs: Any) -> tuple[WorkerPool, FakeClock]:
+    pool = WorkerPool(size, **kwargs)
+    clock = FakeClock()
+    pool._set_clock(clock)
+    return pool, clock
+
+
+def tick(pool: WorkerPool) -> None:
+    """Run the watchdog timer's callback now, in the hub, as the timer would."""
+    watchdog = pool._watchdog
+    assert watchdog is not None
+    in_hub(lambda: watchdog.tick(pool._workers))
+
+
+def stuck_in_a_recognisable_place(entered: Event, release: Event) -> str:
+    entered.set()
     release.wait()
     return "released"
 
@@ -35,16 +65,24 @@ def records(caplog: pytest.LogCaptureFixture, level: int) -> list[logging.LogRec
 
 def test_soft_deadline_logs_the_stack_once_and_lets_the_task_finish(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="gpool")
-    pool = WorkerPool(4, soft_deadline=SOFT)
-    release = Event()
-    result = pool.submit(stuck_in_a_recognisable_place, release)
+    pool, clock = on_fake_clock(4, soft_deadline=SOFT)
+    entered, release = Event(), Event()
+    result = pool.submit(stuck_in_a_recognisable_place, entered, release)
+    assert entered.wait(5)
+    clock.advance(SOFT - 0.01)
+    tick(pool)
+    assert pool.stats().tasks_overdue == 0  # not yet
+    clock.advance(0.01)
+    tick(pool)
+    assert pool.stats().tasks_overdue == 1
     # Several deadlines' worth of ticks: the stack must still be logged only once.
-    wait_until(lambda: pool.stats().tasks_overdue == 1, what="the soft deadline passed")
-    gevent.sleep(SOFT * 3)
+    for _ in range(3):
+        clock.advance(SOFT)
+        tick(pool)
     warnings = records(caplog, logging.WARNING)
     assert len(warnings) == 1
     message = warnings[0].getMessage()
-    assert "past soft_deadline=0.1s" in message
+    assert "past soft_deadline=10s" in message
     assert "stuck_in_a_recognisable_place" in message  # the frame the task waits in
     release.set()
     assert result.get(timeout=5) == "released"
@@ -56,7 +94,7 @@ def test_soft_deadline_logs_the_stack_once_and_lets_the_task_finish(caplog: pyte
 
 def test_hard_deadline_kills_the_task_and_retires_its_worker(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.WARNING, logger="gpool")
-    pool = WorkerPool(1, hard_deadline=HARD)
+    pool = WorkerPool(1, hard_deadline=REAL_HARD)  # the real clock and timer
     seen: AsyncResult = AsyncResult()
     cleaned_up = Event()
     workers: list[Any] = []
@@ -77,7 +115,7 @@ def test_hard_deadline_kills_the_task_and_retires_its_worker(caplog: pytest.LogC
     assert isinstance(exc, DeadlineExceeded)
     assert not isinstance(exc, Exception)  # `except Exception` in the task cannot swallow it
     # Acted on within a tick (a tenth of the deadline) of it; generous upper bound.
-    assert HARD <= waited < HARD + 1.0
+    assert REAL_HARD <= waited < REAL_HARD + 1.0
     assert cleaned_up.is_set()
     assert pool.join(5)
     wait_until(lambda: workers[0].dead, what="the killed task's worker exited")
@@ -98,7 +136,7 @@ def test_hard_deadline_kills_the_task_and_retires_its_worker(caplog: pytest.LogC
 
 
 def test_soft_then_hard_logs_the_stack_once() -> None:
-    pool = WorkerPool(2, soft_deadline=SOFT, hard_deadline=HARD)
+    pool, clock = on_fake_clock(2, soft_deadline=SOFT, hard_deadline=HARD)
     stacks: list[str] = []
 
     class Capture(logging.Handler):
@@ -109,7 +147,14 @@ def test_soft_then_hard_logs_the_stack_once() -> None:
     logger = logging.getLogger("gpool")
     logger.addHandler(handler)
     try:
-        result = pool.submit(Event().wait)
+        entered = Event()
+        result = pool.submit(stuck_in_a_recognisable_place, entered, Event())
+        assert entered.wait(5)
+        clock.advance(SOFT)
+        tick(pool)
+        assert len(stacks) == 1
+        clock.advance(HARD - SOFT)
+        tick(pool)
         with pytest.raises(DeadlineExceeded):
             result.get(timeout=5)
     finally:
@@ -124,12 +169,19 @@ def test_soft_then_hard_logs_the_stack_once() -> None:
 
 
 def test_only_time_inside_a_task_counts() -> None:
-    # One worker runs short tasks back to back and idles between them for longer than
-    # both deadlines: neither the idle time nor the sum of tasks may trip the watchdog.
-    pool = WorkerPool(1, soft_deadline=SOFT, hard_deadline=HARD, max_idle=60)
+    # One worker runs tasks back to back and idles between them for longer than both
+    # deadlines: neither the idle time nor the sum of tasks may trip the watchdog.
+    pool, clock = on_fake_clock(1, soft_deadline=SOFT, hard_deadline=HARD, max_idle=3600)
     for _ in range(5):
-        assert pool.submit(gevent.sleep, SOFT / 2).get(timeout=5) is None
-        gevent.sleep(SOFT)
+        entered, release = Event(), Event()
+        result = pool.submit(stuck_in_a_recognisable_place, entered, release)
+        assert entered.wait(5)
+        clock.advance(SOFT / 2)
+        tick(pool)  # half a soft deadline into the task
+        release.set()
+        assert result.get(timeout=5) == "released"
+        clock.advance(HARD * 2)
+        tick(pool)  # idle past both deadlines
     stats = pool.stats()
     assert (stats.tasks_overdue, stats.tasks_timed_out, stats.workers_started) == (0, 0, 1)
     pool.close()
@@ -137,11 +189,11 @@ def test_only_time_inside_a_task_counts() -> None:
 
 
 def test_a_task_that_swallows_the_kill_runs_on_and_its_worker_retires_after() -> None:
-    pool = WorkerPool(2, hard_deadline=HARD)
-    caught = Event()
-    finish = Event()
+    pool, clock = on_fake_clock(2, hard_deadline=HARD)
+    entered, caught, finish = Event(), Event(), Event()
 
     def stubborn() -> str:
+        entered.set()
         try:
             Event().wait()
         except DeadlineExceeded:
@@ -150,9 +202,14 @@ def test_a_task_that_swallows_the_kill_runs_on_and_its_worker_retires_after() ->
         return "done anyway"
 
     result = pool.submit(stubborn)
-    assert caught.wait(5)
+    assert entered.wait(5)
+    clock.advance(HARD)
+    tick(pool)
+    assert caught.is_set()
     # Killed once only, however long it now runs.
-    gevent.sleep(HARD * 2)
+    for _ in range(3):
+        clock.advance(HARD)
+        tick(pool)
     assert pool.stats().tasks_timed_out == 1
     assert len(pool) == 1
     finish.set()
@@ -165,18 +222,29 @@ def test_a_task_that_swallows_the_kill_runs_on_and_its_worker_retires_after() ->
 
 
 def test_detached_tasks_are_exempt() -> None:
-    pool = WorkerPool(2, soft_deadline=SOFT, hard_deadline=HARD)
-    release = Event()
+    pool, clock = on_fake_clock(2, soft_deadline=SOFT, hard_deadline=HARD)
+    detached, release = Event(), Event()
 
     def stream() -> str:
         gpool.detach()
+        detached.set()
         release.wait()
         return "streamed"
 
     result = pool.submit(stream)
-    gevent.sleep(HARD * 2)
+    assert detached.wait(5)
+    # A task that did not detach, started at the same time: the tick that passes over
+    # the stream kills this one.
+    entered = Event()
+    attached = pool.submit(stuck_in_a_recognisable_place, entered, Event())
+    assert entered.wait(5)
+    clock.advance(HARD * 2)
+    tick(pool)
+    with pytest.raises(DeadlineExceeded):
+        attached.get(timeout=5)
     stats = pool.stats()
-    assert (stats.detached, stats.tasks_overdue, stats.tasks_timed_out) == (1, 0, 0)
+    assert (stats.detached, stats.tasks_overdue, stats.tasks_timed_out) == (1, 0, 1)
+    assert not result.ready()
     release.set()
     assert result.get(timeout=5) == "streamed"
     pool.close()
@@ -184,21 +252,25 @@ def test_detached_tasks_are_exempt() -> None:
 
 
 def test_a_hung_handler_loses_its_connection_and_others_are_served(baseline: None) -> None:
-    hang = Event()
+    hang, hanging = Event(), Event()
 
     def handle(sock: Any, _address: Any) -> None:
         request = sock.recv(1024)
         if request.startswith(b"hang"):
+            hanging.set()
             hang.wait()
         sock.sendall(b"served " + request)
 
-    pool = WorkerPool(2, hard_deadline=HARD)
+    pool, clock = on_fake_clock(2, hard_deadline=HARD)
     with running(StreamServer(("127.0.0.1", 0), handle, spawn=pool)) as server:
         stuck = connect(server)
         stuck.sendall(b"hang")
+        assert hanging.wait(5)
         # Meanwhile the pool's other slot goes on serving.
         assert exchange(server, b"ping") == b"served ping"
         # The watchdog kills the hung handler; the server closes its connection.
+        clock.advance(HARD)
+        tick(pool)
         assert stuck.recv(1024) == b""
         stuck.close()
         wait_until(lambda: pool.stats().busy == 0, what="the killed task released its slot")
@@ -214,7 +286,7 @@ def test_a_hung_wsgi_request_gets_a_500_and_the_server_carries_on(baseline: None
         start_response("200 OK", [("Content-Type", "text/plain")])
         return [b"fine"]
 
-    pool = WorkerPool(2, hard_deadline=HARD)
+    pool = WorkerPool(2, hard_deadline=REAL_HARD)  # the real clock and timer
     # pywsgi turns any exception from the app into a 500 (and reports it to the hub,
     # which prints it: silenced here to keep the test output readable).
     hub = gevent.get_hub()
@@ -224,7 +296,7 @@ def test_a_hung_wsgi_request_gets_a_500_and_the_server_carries_on(baseline: None
         with running(WSGIServer(("127.0.0.1", 0), app, spawn=pool, log=None)) as server:
             started = monotonic()
             reply = exchange(server, b"GET /hang HTTP/1.1\r\nHost: t\r\n\r\n")
-            assert monotonic() - started >= HARD
+            assert monotonic() - started >= REAL_HARD
             assert reply.startswith(b"HTTP/1.1 500 ")
             assert b"Connection: close" in reply
             reply = exchange(server, b"GET / HTTP/1.0\r\n\r\n")
@@ -238,7 +310,7 @@ def test_a_hung_wsgi_request_gets_a_500_and_the_server_carries_on(baseline: None
 
 def test_no_deadline_means_no_watchdog_and_no_extra_counts() -> None:
     pool = WorkerPool(2)
-    assert pool.submit(gevent.sleep, 0.01).get(timeout=5) is None
+    assert pool.submit(gevent.sleep, 0).get(timeout=5) is None
     stats = pool.stats()
     assert (stats.tasks_overdue, stats.tasks_timed_out) == (0, 0)
     assert pool._watchdog is None

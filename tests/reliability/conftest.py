@@ -8,35 +8,13 @@ takes a larger factor, e.g. ``GPOOL_RELIABILITY_SCALE=20``.
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Iterator
 
 import gevent
 import pytest
 
-from ..conftest import TestTimedOut
-
-_SCALE_VARIABLE = "GPOOL_RELIABILITY_SCALE"
-
-
-def _read_scale() -> float:
-    text = os.environ.get(_SCALE_VARIABLE, "1")
-    try:
-        scale = float(text)
-    except ValueError:
-        scale = math.nan
-    if not math.isfinite(scale) or scale <= 0:
-        raise pytest.UsageError(f"{_SCALE_VARIABLE} must be a positive number (1 = the CI load), got {text!r}")
-    return scale
-
-
-SCALE = _read_scale()
-
-
-def scaled(count: int, minimum: int = 1) -> int:
-    """*count* (the CI load) times GPOOL_RELIABILITY_SCALE, never below *minimum*."""
-    return max(minimum, round(count * SCALE))
+from ..helpers import SCALE, TestTimedOut
 
 
 @pytest.fixture(autouse=True)

@@ -20,7 +20,7 @@ import gevent.local
 from gevent.event import Event
 from gevent.server import StreamServer
 
-from ..conftest import wait_until
+from ..helpers import wait_until
 from .clients import reply
 
 CLIENTS = Path(__file__).with_name("clients.py")

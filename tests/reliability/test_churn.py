@@ -8,8 +8,7 @@ import time
 
 from gpool import WorkerPool
 
-from ..conftest import live_workers, wait_until
-from .conftest import scaled
+from ..helpers import live_workers, scaled, wait_until
 from .harness import AccountingServer, ErrorRecorder, Handler, run_clients
 
 CONNECTIONS = scaled(100_000, minimum=2_000)

@@ -12,9 +12,8 @@ import gevent
 from gpool import WorkerPool
 from gpool._core.worker import Worker
 
-from ..conftest import wait_until
+from ..helpers import scaled, wait_until
 from .clients import kind_of
-from .conftest import scaled
 from .harness import AccountingServer, ErrorRecorder, Handler, HandlerFault, run_clients
 
 CLIENTS = 200

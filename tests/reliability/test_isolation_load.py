@@ -32,9 +32,7 @@ from greenlet import getcurrent
 
 from gpool import WorkerPool
 
-from ..conftest import live_workers, wait_until
-from ..helpers import connect, running
-from .conftest import SCALE, scaled
+from ..helpers import SCALE, connect, live_workers, running, scaled, wait_until
 
 TASKS = scaled(100_000)
 CONNECTIONS = scaled(20_000)

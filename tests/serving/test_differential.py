@@ -38,9 +38,8 @@ from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Union
+from typing import Any, Union
 
-import gevent
 import pytest
 from gevent import socket
 from gevent.pool import Pool
@@ -50,7 +49,7 @@ from gpool import WorkerPool
 from gpool.wsgi import WSGIServer
 
 from ..apps.keepalive_probe import app
-from ..helpers import running
+from ..helpers import running, wait_until
 from .test_gunicorn import Master, gunicorn_command, launched, listening_socket
 
 GPOOL_WORKER = "gpool.workers.GPoolWorker"
@@ -229,19 +228,8 @@ def get(path: str, *headers: str, version: str = "HTTP/1.1") -> bytes:
 # -- gunicorn ----------------------------------------------------------------------------
 
 
-def wait_for(
-    condition: Callable[[], bool], what: str, details: Callable[[], str] = str, timeout: float = BOOT_TIMEOUT
-) -> None:
-    """Poll *condition* (cooperatively: servers in this process run meanwhile)."""
-    with gevent.Timeout(timeout, False):
-        while not condition():
-            gevent.sleep(0.01)
-        return
-    raise AssertionError(f"{what}: not reached within {timeout}s\n{details()}")
-
-
 def wait_for_log(master: Master, text: str, count: int = 1) -> None:
-    wait_for(lambda: master.log().count(text) >= count, f"{text!r} x{count} in the log", master.log)
+    wait_until(lambda: master.log().count(text) >= count, BOOT_TIMEOUT, f"{text!r} x{count} in the log", master.log)
 
 
 @contextmanager

@@ -27,7 +27,8 @@ from typing import Any, Callable
 import pytest
 from gunicorn.config import KNOWN_SETTINGS
 
-from gpool._cli.gunicorn_app import _with_attribute, run_gunicorn
+from gpool._cli.gunicorn_app import run_gunicorn
+from gpool._cli.serve import load_app
 
 from ..apps.pool_probe import HOLD_BODY_LINES, HOLD_LINE
 
@@ -468,18 +469,22 @@ def test_run_gunicorn_serves_the_demo_app_in_two_workers(tmp_path: Path) -> None
     code = textwrap.dedent(
         f"""
         import sys
+        from functools import partial
+        from gpool._cli.demo import DEMO_APP
+        from gpool._cli.serve import load_app
         from gpool._cli.gunicorn_app import run_gunicorn
-        sys.exit(run_gunicorn(None, bind="fd://{listener.fileno()}", workers=2, size=10, max_idle=5.0,
-                              min_idle=0, overflow="backlog", log_level="info"))
+        sys.exit(run_gunicorn(partial(load_app, DEMO_APP), bind="fd://{listener.fileno()}", workers=2, size=10,
+                              max_idle=5.0, min_idle=0, overflow="backlog", log_level="info"))
         """
     )
-    with launched([sys.executable, "-c", code], listener, tmp_path, {}) as master:
+    with launched([sys.executable, "-c", code], listener, tmp_path, {"GPOOL_MAX_TASKS_PER_WORKER": "3"}) as master:
         # Not "Booting worker": a signal that reaches a worker before it has set its
         # handlers is lost (gunicorn's fork inherits the master's).
         master.wait_for_log("Worker serving", count=2)
+        # Every option reaches the workers, the defaults too: the shell's GPOOL_* do not count.
         assert (
-            "WorkerPool(10, max_idle=5.0, min_idle=0, overflow='backlog', isolate=True) per listener, "
-            "server reclaim_idle_after=1.0"
+            "WorkerPool(10, max_idle=5.0, min_idle=0, isolate=True, log_all_errors=False, overflow='backlog') "
+            "per listener, server reclaim_idle_after=1.0"
         ) in master.log()
         # gpool serve's worker: GPoolPyWSGIWorker, leaving Ctrl-C to the master.
         assert "Using worker: gpool._cli.gunicorn_app.ServeWorker" in master.log()
@@ -491,21 +496,32 @@ def test_run_gunicorn_serves_the_demo_app_in_two_workers(tmp_path: Path) -> None
         assert master.exit_status() == 0
 
 
-def test_run_gunicorn_refuses_bad_pool_options_before_starting() -> None:
-    with pytest.raises(ValueError, match="max_idle must be a positive"):
-        run_gunicorn(
-            None,
-            bind="127.0.0.1:1",
-            workers=2,
-            size=10,
-            max_idle=-1.0,
-            min_idle=0,
-            overflow="backlog",
-            log_level="info",
-        )
+def _not_loaded() -> Any:
+    raise AssertionError("run_gunicorn loaded the app")
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "message"),
+    [
+        ({"max_idle": -1.0}, ValueError, "max_idle must be a positive, finite number of seconds, got -1.0"),
+        ({"size": 2, "min_idle": 3}, ValueError, r"min_idle must not exceed size \(2\), got 3"),
+        ({"size": None}, TypeError, r"size must be an int >= 1, got None \(NoneType\)"),
+        ({"reclaim_idle_after": 0}, ValueError, "reclaim_idle_after must be a positive, finite number of seconds"),
+        # A callable cannot travel to the workers as a GPOOL_* variable.
+        ({"on_reject": print}, TypeError, "run_gunicorn\\(\\) got an unexpected keyword argument 'on_reject'"),
+        ({"maxidle": 5}, TypeError, "run_gunicorn\\(\\) got an unexpected keyword argument 'maxidle'"),
+    ],
+)
+def test_run_gunicorn_refuses_bad_pool_options_before_starting(
+    options: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        run_gunicorn(_not_loaded, bind="127.0.0.1:1", workers=2, log_level="info", **options)
 
 
 def test_run_gunicorn_takes_a_module_alone_as_gpool_serve_does() -> None:
-    # Its 'application', else its 'app' (gunicorn alone would look for 'application').
-    assert _with_attribute("tests.apps.pool_probe") == "tests.apps.pool_probe:app"
-    assert _with_attribute("tests.apps.pool_probe:other") == "tests.apps.pool_probe:other"
+    # gpool serve hands run_gunicorn its own loader: a module alone means its
+    # 'application', else its 'app' (gunicorn alone would look for 'application').
+    from tests.apps import pool_probe
+
+    assert load_app("tests.apps.pool_probe") is pool_probe.app

@@ -14,8 +14,7 @@ import gpool
 from gpool import WorkerPool
 from gpool.wsgi import WSGIServer
 
-from ..conftest import wait_until
-from ..helpers import connect, running
+from ..helpers import connect, running, wait_until
 
 KEEP_ALIVE_GET = b"GET /%s HTTP/1.1\r\nHost: test\r\n\r\n"
 # reclaim_idle_after for tests that wait for a connection to count as idle.

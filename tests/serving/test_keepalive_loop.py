@@ -45,7 +45,7 @@ from gpool import WorkerPool
 from gpool.wsgi import WSGIServer
 
 from ..apps.keepalive_probe import STREAM_FIRST, STREAM_REST, app
-from ..helpers import running
+from ..helpers import running, wait_until
 from .test_differential import (
     GPOOL_PYWSGI_WORKER,
     GPOOL_WORKER,
@@ -55,7 +55,6 @@ from .test_differential import (
     Response,
     get,
     gunicorn,
-    wait_for,
     wait_for_log,
 )
 from .test_gunicorn import child_environment, gunicorn_command, launched, listening_socket
@@ -354,9 +353,7 @@ class InProcessDrain(Drainable):
     def start_drain(self) -> None:
         self.drained = gevent.spawn(gpool.drain, self.server, 10)
         idle = getattr(self.server, "idle_connections", None)
-        wait_for(
-            lambda: self.server.closed and (idle is None or getattr(idle, "draining", True)), "drain begun", timeout=5
-        )
+        wait_until(lambda: self.server.closed and (idle is None or getattr(idle, "draining", True)), 5, "drain begun")
 
     def finish(self) -> None:
         assert self.drained.get(timeout=10) is True
@@ -411,7 +408,7 @@ def test_drain_tells_an_in_flight_request_the_connection_closes(tmp_path: Path, 
         release = server.release_path()
         entered = Path(f"{release}.entered")
         client.send(get(f"/hold?release={release}"))
-        wait_for(entered.exists, "the app runs the request", timeout=10)
+        wait_until(entered.exists, 10, "the app runs the request")
         server.start_drain()
         release.touch()
         response = expect_response(client)

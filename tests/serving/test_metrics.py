@@ -17,8 +17,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gpool import WorkerPool
 from gpool.metrics import PoolCollector, register
 
-from ..conftest import wait_until
-from ..helpers import connect, read_all
+from ..helpers import connect, read_all, wait_until
 
 # PoolStats field -> the sample name it is exported as (namespace "gpool").
 EXPORTED = {

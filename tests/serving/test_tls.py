@@ -40,8 +40,7 @@ import gpool
 from gpool import WorkerPool
 from gpool.wsgi import WSGIHandler, WSGIServer
 
-from ..conftest import wait_until
-from ..helpers import connect, read_all, running
+from ..helpers import connect, read_all, running, wait_until
 from .test_gunicorn import GPOOL_PYWSGI_WORKER, GPOOL_WORKER, LONG, TIMEOUT, WORKER_CLASSES, gunicorn
 from .test_keepalive import (
     KEEP_ALIVE_GET,
