@@ -159,6 +159,7 @@ def test_rules_across_variables_name_them_all() -> None:
 # -- reachable from all three ---------------------------------------------------------
 
 
+@pytest.mark.entry_points
 @pytest.mark.parametrize("option", EVERYWHERE, ids=_ids)
 def test_gpool_serve_flag_reaches_the_pool(tmp_path: Path, option: Option) -> None:
     value, _bad = SAMPLES[option.name]
@@ -171,6 +172,7 @@ def test_gpool_serve_flag_reaches_the_pool(tmp_path: Path, option: Option) -> No
         assert server.wait_exit()[0] == 0
 
 
+@pytest.mark.entry_points
 @pytest.mark.parametrize("option", EVERYWHERE, ids=_ids)
 def test_gpool_serve_workers_flag_reaches_each_workers_pool(tmp_path: Path, option: Option) -> None:
     value, _bad = SAMPLES[option.name]
@@ -184,6 +186,7 @@ def test_gpool_serve_workers_flag_reaches_each_workers_pool(tmp_path: Path, opti
         assert server.wait_exit()[0] == 0
 
 
+@pytest.mark.entry_points
 @pytest.mark.parametrize("option", EVERYWHERE, ids=_ids)
 def test_gpool_variable_reaches_the_gunicorn_workers_pool(tmp_path: Path, option: Option) -> None:
     value, _bad = SAMPLES[option.name]
@@ -199,6 +202,7 @@ def test_gpool_variable_reaches_the_gunicorn_workers_pool(tmp_path: Path, option
 # -- refused by all three -------------------------------------------------------------
 
 
+@pytest.mark.entry_points
 @pytest.mark.parametrize("workers", ["1", "2"])
 @pytest.mark.parametrize("option", [o for o in EVERYWHERE if not isinstance(o.default, bool)], ids=_ids)
 def test_gpool_serve_refuses_a_bad_flag_value(tmp_path: Path, option: Option, workers: str) -> None:
@@ -214,6 +218,7 @@ def test_gpool_serve_refuses_a_bad_flag_value(tmp_path: Path, option: Option, wo
         assert line == f"gpool serve: error: {expected}{HINT}"
 
 
+@pytest.mark.entry_points
 @pytest.mark.parametrize("option", EVERYWHERE, ids=_ids)
 def test_gunicorn_refuses_a_bad_variable_value(tmp_path: Path, option: Option) -> None:
     _value, bad = SAMPLES[option.name]
