@@ -32,7 +32,7 @@ from typing import Any, Callable
 from .chart import write_chart
 from .gunicorn import INSTALL_HINT, unavailable
 from .load import LoadGenerator, choose_load
-from .machine import describe_machine
+from .machine import cpu_ids, describe_machine
 from .procs import ChildFailed, Pinning, kill_all
 from .report import add_summaries, format_report, write_json
 from .scenarios import (
@@ -65,38 +65,37 @@ _DEFAULTS: dict[str, tuple[Any, Any]] = {
 }
 
 
-def _positive(kind: Callable[[str], Any]) -> Callable[[str], Any]:
+def _number(kind: Callable[[str], Any], *, zero_ok: bool) -> Callable[[str], Any]:
+    """An argparse type: *kind* (int or float), greater than 0 or, with *zero_ok*, not negative."""
+    what = "a whole number" if kind is int else "a number"
+
     def parse(text: str) -> Any:
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-        if not value > 0:
+            raise argparse.ArgumentTypeError(f"expected {what}, got {text!r}") from None
+        if zero_ok and not value >= 0:
+            raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
+        if not zero_ok and not value > 0:
             raise argparse.ArgumentTypeError(f"must be greater than 0, got {text!r}")
         return value
 
-    parse.__name__ = kind.__name__
+    parse.__name__ = kind.__name__  # argparse names the type in its message
     return parse
 
 
-def _not_negative(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
+_positive_int = _number(int, zero_ok=False)
+_positive = _number(float, zero_ok=False)
+_not_negative = _number(float, zero_ok=True)
+_not_negative_int = _number(int, zero_ok=True)
 
 
-def _not_negative_int(text: str) -> int:
+def _cpu_list(text: str) -> str:
     try:
-        value = int(text)
+        cpu_ids(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {text!r}")
-    return value
+        raise argparse.ArgumentTypeError(f"expected a taskset CPU list such as 0, 0,2 or 1-3, got {text!r}") from None
+    return text
 
 
 def _gpool_copy(text: str) -> str:
@@ -125,19 +124,19 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help=f"run this scenario (repeatable; default: all): {', '.join(SCENARIOS)}")  # fmt: skip
     add("--strategy", action="append", choices=STRATEGIES, metavar="NAME",
         help=f"compare this strategy (repeatable; default: all): {', '.join(STRATEGIES)}")  # fmt: skip
-    add("--rounds", type=_positive(int), help="rounds of the churn scenarios (default 5; quick 2)")
-    add("--duration", type=_positive(float), help="seconds of measured load per run (default 5; quick 1)")
+    add("--rounds", type=_positive_int, help="rounds of the churn scenarios (default 5; quick 2)")
+    add("--duration", type=_positive, help="seconds of measured load per run (default 5; quick 1)")
     add("--warmup", type=_not_negative, help="seconds of discarded load before each run (default 1; quick 0)")
-    add("--connections", type=_positive(int), default=50, help="concurrent client connections (default 50)")
+    add("--connections", type=_positive_int, default=50, help="concurrent client connections (default 50)")
     add("--app", choices=APPS, default="flask",
         help="the gunicorn scenarios' WSGI app: a Flask hello-world or a bare callable (default flask)")  # fmt: skip
-    add("--memory-connections", type=_positive(int), metavar="N",
+    add("--memory-connections", type=_positive_int, metavar="N",
         help="connections held open in the memory scenario (default 10000; quick 1000)")  # fmt: skip
-    add("--memory-rounds", type=_positive(int), metavar="N", help="rounds of the memory scenario (default 3; quick 1)")
-    add("--max-idle", type=_positive(float), metavar="SECONDS",
+    add("--memory-rounds", type=_positive_int, metavar="N", help="rounds of the memory scenario (default 3; quick 1)")
+    add("--max-idle", type=_positive, metavar="SECONDS",
         help="the WorkerPools' max_idle in the memory scenario (default 1; quick 0.3)")  # fmt: skip
-    add("--tasks", type=_positive(int), default=1000, help="dispatch: tasks per batch (default 1000)")
-    add("--dispatch-rounds", type=_positive(int), metavar="N", help="dispatch: rounds (default 31; quick 5)")
+    add("--tasks", type=_positive_int, default=1000, help="dispatch: tasks per batch (default 1000)")
+    add("--dispatch-rounds", type=_positive_int, metavar="N", help="dispatch: rounds (default 31; quick 5)")
     add("--max-other-load", type=_not_negative, default=0.1, metavar="FRACTION",
         help="repeat a churn run when other work took more than this share of the server CPU (0.1)")  # fmt: skip
     add("--retries", type=_not_negative_int, metavar="N",
@@ -146,8 +145,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="load generator: wrk, the built-in one, or wrk when installed (default)")  # fmt: skip
     add("--json", metavar="PATH", help="write every figure here as JSON (default: no file, the report only)")
     add("--png", metavar="PATH", help="draw the chart here, needs gpool[bench] (default: no chart)")
-    add("--server-cpu", default="0", metavar="CPUS", help="taskset CPU list for servers (default 0)")
-    add("--client-cpu", default="1", metavar="CPUS", help="taskset CPU list for the load (default 1)")
+    add("--server-cpu", type=_cpu_list, default="0", metavar="CPUS", help="taskset CPU list for servers (default 0)")
+    add("--client-cpu", type=_cpu_list, default="1", metavar="CPUS", help="taskset CPU list for the load (default 1)")
     add("--nice", type=int, default=-10, metavar="N",
         help="niceness of servers and load where permitted (root); default -10, 0: unchanged")  # fmt: skip
     add("--alt", type=_gpool_copy, metavar="PATH",

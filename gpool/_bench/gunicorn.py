@@ -19,7 +19,6 @@ import http.client
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from typing import IO, Any
 from .apps import BODY, http_get
 from .machine import process_cpu_seconds
 from .procs import ChildFailed, Pinning, child_setup, track, untrack
+from .sockets import listen
 
 __all__ = ["INSTALL_HINT", "STRATEGIES", "WORKERS", "GunicornServer", "labels", "unavailable"]
 
@@ -133,11 +133,7 @@ class GunicornServer:
         # No GPOOL_* setting of the caller's may reach one server and not another.
         env = {k: v for k, v in os.environ.items() if not k.startswith("GPOOL_")}
         env.update(extra_env)
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as listener:
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            listener.bind(("127.0.0.1", 0))
-            listener.listen(2048)  # gunicorn's default backlog
+        with listen(2048, green=False) as listener:  # gunicorn's default backlog
             self.port: int = listener.getsockname()[1]
             fd = listener.fileno()
             argv = [sys.executable, "-m", "gunicorn", "-w", "1", "-k", worker_class, "--bind", f"fd://{fd}"]

@@ -9,7 +9,7 @@ import subprocess
 from importlib import metadata
 from typing import Any
 
-__all__ = ["cpu_busy_seconds", "describe_machine", "process_cpu_seconds"]
+__all__ = ["cpu_busy_seconds", "cpu_ids", "describe_machine", "process_cpu_seconds"]
 
 
 def _cpu_model() -> str:
@@ -37,11 +37,16 @@ def _git(src: str, *args: str) -> str | None:
     return done.stdout.strip() if done.returncode == 0 else None
 
 
-def _cpu_ids(cpus: str) -> set[int]:
+def cpu_ids(cpus: str) -> set[int]:
+    """The CPU numbers in a taskset CPU list (``0``, ``0,2``, ``1-3``); ValueError if
+    *cpus* is not one."""
     ids: set[int] = set()
     for part in cpus.split(","):
-        low, _, high = part.partition("-")
-        ids.update(range(int(low), int(high or low) + 1))
+        low, dash, high = part.partition("-")
+        first, last = int(low), int(high if dash else low)
+        if first < 0 or last < first:
+            raise ValueError(f"not a CPU range: {part!r}")
+        ids.update(range(first, last + 1))
     return ids
 
 
@@ -51,7 +56,7 @@ def cpu_busy_seconds(cpus: str) -> float | None:
     missing. A run compares this with the server's own CPU time to see how much else ran
     on the server's CPU: the noise in its figures.
     """
-    ids = _cpu_ids(cpus)
+    ids = cpu_ids(cpus)
     busy = 0
     try:
         with open("/proc/stat") as f:

@@ -19,6 +19,8 @@ import tempfile
 import time
 from typing import IO, Any, Protocol, Sequence
 
+from .machine import cpu_ids
+
 __all__ = ["Child", "ChildFailed", "Pinning", "child_setup", "kill_all", "track", "untrack"]
 
 
@@ -104,11 +106,7 @@ class Pinning:
         """How many CPUs the load generator may use."""
         if not self.enabled:
             return 1
-        count = 0
-        for part in self.client_cpu.split(","):
-            low, _, high = part.partition("-")
-            count += int(high or low) - int(low) + 1
-        return max(count, 1)
+        return max(len(cpu_ids(self.client_cpu)), 1)
 
     def command(self, cpu: str, argv: Sequence[str]) -> list[str]:
         return ["taskset", "-c", cpu, *argv] if self.enabled else list(argv)

@@ -37,6 +37,7 @@ from typing import Any, Callable
 
 from .apps import BODY
 from .child import die_with_parent, raise_fd_limit, rss_kb, say
+from .sockets import listen
 from .strategies import make_spawn
 
 RESPONSE = (
@@ -101,18 +102,6 @@ def wsgi_app(counts: Counters) -> Callable[..., list[bytes]]:
     return app
 
 
-def listen(backlog: int | None) -> Any:
-    """A gevent listening socket on 127.0.0.1, a free port, with TCP_NODELAY."""
-    from gevent import socket
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(backlog or 128)
-    return sock
-
-
 def count_greenlets() -> int:
     """Greenlet objects alive in this process (hub and main greenlet included)."""
     from greenlet import greenlet
@@ -159,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
 
     counts = Counters()
     spawn = make_spawn(args.strategy, args.alt, args.max_idle)
-    listener = listen(args.backlog)
+    listener = listen(args.backlog or 128, green=True)
     server: Any
     if args.kind == "tcp":
         from gevent.server import StreamServer

@@ -146,10 +146,21 @@ def test_quick_changes_only_what_is_not_given() -> None:
 
 
 @pytest.mark.parametrize(
-    "argv",
-    [["--rounds", "0"], ["--duration", "x"], ["--scenario", "nope"], ["--load", "ab"], ["--alt", "/nonexistent"]],
+    ("argv", "said"),
+    [
+        (["--rounds", "0"], "argument --rounds: must be greater than 0, got '0'"),
+        (["--rounds", "1.5"], "argument --rounds: expected a whole number, got '1.5'"),
+        (["--duration", "x"], "argument --duration: expected a number, got 'x'"),
+        (["--warmup", "-1"], "argument --warmup: must not be negative, got '-1'"),
+        (["--retries", "-1"], "argument --retries: must not be negative, got '-1'"),
+        (["--server-cpu", "one"], "argument --server-cpu: expected a taskset CPU list such as 0, 0,2 or 1-3"),
+        (["--client-cpu", "3-1"], "argument --client-cpu: expected a taskset CPU list such as 0, 0,2 or 1-3"),
+        (["--scenario", "nope"], "argument --scenario: invalid choice"),
+        (["--load", "ab"], "argument --load: invalid choice"),
+        (["--alt", "/nonexistent"], "argument --alt: no gpool package in '/nonexistent'"),
+    ],
 )
-def test_bad_options_exit_with_status_2(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+def test_bad_options_exit_with_status_2(argv: list[str], said: str, capsys: pytest.CaptureFixture[str]) -> None:
     from gpool._cli.main import main as gpool_main
 
     with pytest.raises(SystemExit) as exc:
@@ -157,6 +168,19 @@ def test_bad_options_exit_with_status_2(argv: list[str], capsys: pytest.CaptureF
     assert exc.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("gpool bench: error:") and len(err.strip().splitlines()) == 1
+    assert said in err, err
+
+
+@pytest.mark.parametrize(
+    ("cpus", "ids"), [("0", {0}), ("1", {1}), ("0,2", {0, 2}), ("1-3", {1, 2, 3}), ("0,2-3", {0, 2, 3})]
+)
+def test_cpu_lists_read_as_taskset_does(cpus: str, ids: set[int]) -> None:
+    from gpool._bench.machine import cpu_ids
+    from gpool._bench.procs import Pinning
+
+    assert cpu_ids(cpus) == ids
+    pinning = Pinning("0", cpus)
+    assert pinning.client_cpus == (len(ids) if pinning.enabled else 1)
 
 
 def test_a_tiny_run_end_to_end_with_the_builtin_load_generator(tmp_path: Path) -> None:
