@@ -26,6 +26,7 @@ __all__ = [
     "POOL_OPTIONS",
     "Option",
     "check_options",
+    "check_pool_option",
     "check_pool_options",
     "describe_pool",
     "parse_bool",
@@ -282,6 +283,12 @@ def check_pool_options(**values: Any) -> dict[str, Any]:
     """WorkerPool's options, checked as WorkerPool checks them (the same errors, the
     same order), defaults filled in: what ``WorkerPool(**result)`` would use."""
     return check_options(POOL_OPTIONS, values, _POOL_RULES)
+
+
+def check_pool_option(name: str, value: object) -> Any:
+    """One pool option on its own, by the rules of its table entry (``resize()``)."""
+    option = next(option for option in POOL_OPTIONS if option.name == name)
+    return option.check(name, value)
 
 
 def describe_pool(values: Mapping[str, Any]) -> str:

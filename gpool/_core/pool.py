@@ -23,10 +23,12 @@ from gevent.hub import Waiter, get_hub
 from gevent.queue import Channel
 from greenlet import getcurrent
 
+from . import mapping
 from .errorlog import report
 from .errors import PoolClosed, PoolFull
 from .loop import work
-from .options import check_pool_options
+from .mapping import MapResults
+from .options import check_pool_option, check_pool_options
 from .outcome import COMPLETED, FAILED, FATAL, KILLED
 from .overflow import OverloadLog, answer_for
 from .ready import ReadyStack
@@ -112,10 +114,10 @@ class WorkerPool:
         "_count",
         "_cull_timer",
         "_culled",
+        "_detach_follows_size",
         "_hub",
         "_isolate",
         "_log_all_errors",
-        "_max_detached",
         "_max_idle",
         "_max_tasks",
         "_min_idle",
@@ -128,7 +130,6 @@ class WorkerPool:
         "_rejected",
         "_retired",
         "_signal",
-        "_size",
         "_tasks_completed",
         "_tasks_detached",
         "_tasks_failed",
@@ -169,7 +170,7 @@ class WorkerPool:
             soft_deadline=soft_deadline,
             hard_deadline=hard_deadline,
         )
-        self._size: int | None = options["size"]
+        size = options["size"]
         self._max_idle: float = options["max_idle"]
         self._min_idle: int = options["min_idle"]
         self._max_tasks: int | None = options["max_tasks_per_worker"]
@@ -179,7 +180,8 @@ class WorkerPool:
         self._reject = self._overflow == "reject"
         self._on_reject: Callable[..., Any] | None = options["on_reject"]
         detach_limit: int | None = options["max_detached"]
-        self._max_detached = self._size if detach_limit is None else detach_limit
+        # Unless given, the detach limit is the size, and follows it through resize().
+        self._detach_follows_size = detach_limit is None
         soft: float | None = options["soft_deadline"]
         hard: float | None = options["hard_deadline"]
         self._watchdog = None if soft is None and hard is None else Watchdog(soft, hard)
@@ -192,7 +194,7 @@ class WorkerPool:
         self._clock: Callable[[], float] = monotonic
         self._ready: ReadyStack[Worker] = ReadyStack()
         self._workers: set[Worker] = set()
-        self._count = SlotCount(self._size, self._max_detached)
+        self._count = SlotCount(size, size if detach_limit is None else detach_limit)
         self._closed = False
         self._cull_timer: Any = None
         self._signal = SlotSignal(self._has_free_slot, self._get_hub)
@@ -361,6 +363,101 @@ class WorkerPool:
                 self._turn_away(task[0], task[1])
                 return
             self._wait_for_slot()
+
+    # -- gevent.pool.Pool's helpers ----------------------------------------------------
+
+    def apply(
+        self, func: Callable[..., Any], args: Iterable[Any] | None = None, kwds: dict[str, Any] | None = None
+    ) -> Any:
+        """Run ``func(*args, **kwds)`` on a worker and return its result, or raise its
+        exception, as ``gevent.pool.Pool.apply`` does. Waits for a free slot first,
+        whatever *overflow* is. Called from one of this pool's own tasks while every
+        slot is taken, it raises :class:`~gpool.PoolFull`, as :meth:`spawn` does."""
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        return mapping.apply(self, func, tuple(args or ()), dict(kwds or {}))
+
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any]) -> list[Any]:
+        """``[func(item) for item in iterable]``, each call a task on the pool, in input
+        order; the first (in that order) exception a task raised is raised here.
+        See :meth:`imap`."""
+        return list(self._map_results("map", func, (iterable,), ordered=True, maxsize=None))
+
+    def imap(self, func: Callable[..., Any], *iterables: Iterable[Any], maxsize: int | None = None) -> MapResults:
+        """An iterator over ``func(*items)`` for the items of *iterables* taken
+        together, as the builtin ``map`` does; each call is a task on the pool, and the
+        results come in input order.
+
+        As with ``gevent.pool.Pool.imap``: the items are submitted by a greenlet of
+        their own, which waits for free slots (whatever *overflow* is); a task's
+        exception is raised by the ``next()`` that reaches it, and iterating may go on
+        after it. With *maxsize*, at most that many items are submitted and not yet
+        taken by the caller (``None`` or 0: no bound). ``close()`` on the iterator stops
+        submitting. Called from one of this pool's own tasks while every slot is taken,
+        it raises :class:`~gpool.PoolFull`, as :meth:`spawn` does.
+        """
+        return self._map_results("imap", func, iterables, ordered=True, maxsize=maxsize)
+
+    def imap_unordered(
+        self, func: Callable[..., Any], *iterables: Iterable[Any], maxsize: int | None = None
+    ) -> MapResults:
+        """:meth:`imap`, with each result as soon as its task ends."""
+        return self._map_results("imap_unordered", func, iterables, ordered=False, maxsize=maxsize)
+
+    def _map_results(
+        self,
+        method: str,
+        func: Callable[..., Any],
+        iterables: tuple[Iterable[Any], ...],
+        *,
+        ordered: bool,
+        maxsize: object,
+    ) -> MapResults:
+        if not callable(func):
+            raise TypeError(f"func must be callable, got {func!r} ({type(func).__name__})")
+        if not iterables:
+            raise TypeError(f"{method}() needs at least one iterable")
+        bound = mapping.check_maxsize(maxsize)
+        if self._closed:
+            raise PoolClosed(f"{method}() called on a closed WorkerPool")
+        mapping.refuse_to_wait_in_own_task(self, method)
+        return MapResults(self, func, zip(*iterables), ordered=ordered, maxsize=bound)
+
+    # -- resizing ----------------------------------------------------------------------
+
+    def resize(self, size: int | None) -> None:
+        """Change :attr:`size`, the most tasks running at once, while the pool runs.
+
+        Growing lets greenlets waiting in :meth:`spawn` (or :meth:`wait_available`) and
+        servers paused on a full pool go on at once. Shrinking interrupts no task:
+        ``full()`` and ``free_count()`` follow the new size at once, idle workers beyond
+        the free slots retire now (coldest first), and while more tasks run than the
+        new size allows, a worker ending its task retires instead of parking. ``None``
+        lifts the limit. A *max_detached* not given to the constructor follows the
+        size. *min_idle* is kept: a pool resized below it keeps at most ``size`` idle
+        workers, and *min_idle* again once it grows back. Never blocks.
+        """
+        size = check_pool_option("size", size)
+        if self._closed:
+            raise PoolClosed("resize() called on a closed WorkerPool")
+        count = self._count
+        count.size = size
+        if self._detach_follows_size:
+            count.max_detached = size
+        if size is None:
+            count.over_size = False
+        else:
+            # Every idle worker stands for a free slot (spawn() trusts it): those
+            # beyond the free slots go, coldest first. Decide, then act (each put can
+            # switch into a worker, which exits).
+            ready = self._ready
+            surplus = [ready.popleft() for _ in range(len(ready) - count.free())]
+            count.over_size = count.busy > size
+            self._retired += len(surplus)
+            for worker in surplus:
+                self._send(worker, None)
+        if self._signal.waiting:
+            self._signal.notify()
 
     # -- waiting and stopping ---------------------------------------------------------
 
@@ -641,6 +738,10 @@ class WorkerPool:
             crowded = count.idle_would_exceed_free(len(ready))
         else:
             count.busy -= 1
+            if count.over_size:
+                # resize() shrank the pool below the tasks running: park only where a
+                # slot is free, and stop checking once one is.
+                crowded = count.over_size = count.idle_would_exceed_free(len(ready))
         failure = error if outcome is FAILED or outcome is FATAL else None
         if self._watchers:
             for watch in list(self._watchers):
@@ -654,7 +755,8 @@ class WorkerPool:
         # - the pool is closed;
         # - the task raised a system error (SystemExit, KeyboardInterrupt), or the
         #   watchdog killed it (doomed): this greenlet's state is not to be trusted;
-        # - it ran detached and parking would leave more idle workers than free slots;
+        # - parking would leave more idle workers than free slots: the task ran
+        #   detached, or resize() shrank the pool;
         # - it reached the recycle limit, max_tasks_per_worker.
         if (
             self._closed

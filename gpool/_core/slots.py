@@ -31,13 +31,16 @@ class SlotCount:
     a task's end) count ``busy`` and ``detached`` directly; the methods name the rules.
     """
 
-    __slots__ = ("busy", "detached", "max_detached", "size")
+    __slots__ = ("busy", "detached", "max_detached", "over_size", "size")
 
     def __init__(self, size: int | None, max_detached: int | None) -> None:
         self.size = size  # None: no limit
         self.max_detached = max_detached
         self.busy = 0  # tasks holding a slot
         self.detached = 0  # tasks running without one
+        # True after a resize below the tasks running, until a task's end finds a
+        # free slot for its worker to park in again (see idle_would_exceed_free).
+        self.over_size = False
 
     def all_taken(self) -> bool:
         return self.size is not None and self.busy >= self.size

@@ -51,7 +51,7 @@ def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable
             "max_idle": pool._max_idle,
             "min_idle": pool._min_idle,
             "overflow": pool._overflow,
-            "max_detached": pool._max_detached,
+            "max_detached": pool._count.max_detached,
         }
         return _json(start_response, options)
     body = b"hello\n"

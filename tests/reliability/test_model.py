@@ -2,7 +2,7 @@
 
 A ``RuleBasedStateMachine`` makes random sequences of ``spawn``, ``try_spawn``,
 ``submit`` (from the main greenlet, from the hub and from inside running tasks),
-``detach``, ``kill``, ``join``, ``wait_available``, ``close`` and culling, on pools of
+``detach``, ``kill``, ``join``, ``wait_available``, ``resize``, ``close`` and culling, on pools of
 random ``size``, ``min_idle``, ``max_idle``, ``max_tasks_per_worker``, ``max_detached``
 and ``isolate``. Tasks finish, raise, exit with ``GreenletExit``, block until the
 model tells them what to do, or get killed.
@@ -203,6 +203,9 @@ class PoolModel(RuleBasedStateMachine):
         self.busy = 0
         self.detached = 0
         self.closed = False
+        # After a resize below the running tasks: until their ends bring busy back
+        # within the size, busy may exceed it.
+        self.over_size = False
         self.counts: Counter[str] = Counter()
         self.peak = 0
         self.peak_seen = 0
@@ -487,6 +490,13 @@ class PoolModel(RuleBasedStateMachine):
                 event("a detached task's worker retired: no free slot for it")
         else:
             self.busy -= 1
+            # Only after a resize below the running tasks can parking leave more idle
+            # workers than free slots; then the worker retires instead.
+            crowded = self.size is not None and self.busy + len(self.ready) >= self.size
+            if crowded:
+                event("a worker retired at the end of its task: the pool was shrunk")
+        if self.size is None or self.busy <= self.size:
+            self.over_size = False
         spent = self.max_tasks is not None and self.tasks_run_by[worker] >= self.max_tasks
         if self.closed or crowded or spent:
             self.counts["retired"] += 1
@@ -558,9 +568,9 @@ class PoolModel(RuleBasedStateMachine):
             stats.tasks_completed + stats.tasks_failed + stats.tasks_killed + stats.busy + stats.detached
         )
         if self.size is not None:
-            assert stats.busy <= self.size
+            assert stats.busy <= self.size or self.over_size
             # Every idle worker stands for a free slot.
-            assert stats.busy + stats.idle <= self.size
+            assert stats.idle <= max(self.size - stats.busy, 0)
         if self.cull:
             # Culls the model only learns of later make its figure an upper bound.
             assert max(self.peak_seen, stats.workers) <= stats.peak_workers <= self.peak
@@ -573,7 +583,7 @@ class PoolModel(RuleBasedStateMachine):
         if self.closed:
             assert pool.free_count() == 0
         else:
-            assert pool.free_count() == (1 if self.size is None else self.size - self.busy)
+            assert pool.free_count() == (1 if self.size is None else max(self.size - self.busy, 0))
         assert self.reports == self.expected_reports, "failures reported to the hub differ from the model's"
         for task in self.running:
             assert task.runs == 1 and not task.done.is_set(), f"{task} should be running"
@@ -601,7 +611,9 @@ class PoolModel(RuleBasedStateMachine):
         self._settle(batch)
         self._absorb()
 
-    @precondition(lambda self: not self.closed and self.size is not None and self.busy >= self.size)
+    # Full by exactly one slot: freeing one lets the waiter in (a shrunk pool may be
+    # further over its size than that).
+    @precondition(lambda self: not self.closed and self.size is not None and self.busy == self.size)
     @rule(data=st.data())
     def wait_for_a_slot(self, data: st.DataObject) -> None:
         """On a full pool, spawn, submit or wait_available wait until a task frees a slot."""
@@ -715,7 +727,15 @@ class PoolModel(RuleBasedStateMachine):
                 wait_for(task.done, f"{task} being killed")
         self._absorb()
 
-    @precondition(lambda self: not self.closed and any(not t.detached for t in self.running))
+    # The ending task must free a slot for the newcomer: not on a pool shrunk below
+    # its running tasks.
+    @precondition(
+        lambda self: (
+            not self.closed
+            and any(not t.detached for t in self.running)
+            and (self.size is None or self.busy <= self.size)
+        )
+    )
     @rule(data=st.data())
     def kill_racing_reuse(self, data: st.DataObject) -> None:
         """A kill aimed at a task that ends, before it lands, and whose worker the hub
@@ -752,6 +772,63 @@ class PoolModel(RuleBasedStateMachine):
             event("kill race: the newcomer reused the worker the kill aimed at")
         self._absorb()
         assert newcomer in self.running, f"{newcomer} was hit by a kill aimed at {task}"
+
+    # -- rules: resizing ---------------------------------------------------------------------------
+
+    @rule(data=st.data())
+    def resize(self, data: st.DataObject) -> None:
+        """resize(): full() and free_count() follow at once, idle workers beyond the free
+        slots retire (oldest first), nothing running is interrupted, and a spawn waiting
+        on a full pool goes on when it grows."""
+        assert self.pool is not None
+        pool = self.pool
+        choices = [1, 2, 3, 4, 6, None]
+        if self.cull:
+            # Whether a worker parks after a shrink below the running tasks depends on
+            # how many idle workers a culling timer has just left: keep clear of that.
+            choices = [n for n in choices if n is None or n >= self.busy]
+        new = data.draw(st.sampled_from(choices), label="new size")
+        if self.closed:
+            with pytest.raises(PoolClosed):
+                pool.resize(new)
+            return
+        waiter = None
+        grows = new is None or new > self.busy
+        if self._full() and grows and self.busy == self.size and data.draw(st.booleans(), label="a spawn waits"):
+            task = self._new_task(data, "spawn")
+            box: list[object] = []
+            entered = Event()
+
+            def wait_in_spawn() -> None:
+                entered.set()
+                box.append(self.offer(task, "spawn", log_first=False))
+
+            waiter = gevent.spawn(wait_in_spawn)
+            wait_for(entered, "a greenlet calling spawn on the full pool")
+            assert not box, f"spawn on a full pool returned {box}"
+        # No switch from here to resize(): the model's idle list is the pool's.
+        self._absorb()
+        pool.resize(new)
+        self.size = new
+        if self.max_detached is None:
+            self.detach_limit = new
+        self.over_size = new is not None and self.busy > new
+        if new is not None:
+            surplus = len(self.ready) - max(new - self.busy, 0)
+            if surplus > 0:
+                event("resize retired idle workers")
+                retiring = self.ready[:surplus]
+                del self.ready[:surplus]
+                self.counts["retired"] += surplus
+                self.retired_workers.extend(retiring)
+        assert pool.size == new and pool.full() == self._full()
+        if waiter is not None:
+            with bounded("a spawn waiting on a full pool, after resize() grew it"):
+                waiter.join()
+            assert task.accepted and box == [None], box
+            self._settle([task])
+        wait_until(lambda: all(w.dead for w in self.retired_workers), WAIT, "idle workers retiring after resize()")
+        self._absorb()
 
     # -- rules: waiting and closing -------------------------------------------------------------
 
