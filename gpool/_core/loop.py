@@ -9,6 +9,7 @@ only through the worker's weak reference, so a pool nobody holds can be freed.
 from __future__ import annotations
 
 import logging
+from typing import Callable
 
 from gevent import get_hub
 from greenlet import getcurrent
@@ -30,14 +31,22 @@ def work() -> None:
     worker: Worker = getcurrent()
     task: Task | None = worker.first_task
     worker.first_task = None
+    # Locals for what is fixed for the worker's life, none of which holds the pool:
+    # the weak reference itself (worker.pool_ref() on every trip is a generic method
+    # lookup on a slot), the channel's get once it exists, and two of the pool's
+    # settings. Together with _settle's common path first, 640 of 20,500 instructions
+    # a task dispatching to 1,000 parked workers (callgrind, Python 3.11).
+    pool_ref = worker.pool_ref
+    get_task: Callable[[], Task | None] | None = None
+    pool = pool_ref()
+    watched = pool is not None and pool._watchdog is not None
+    isolate = pool is not None and pool._isolate
     while task is not None:
-        pool = worker.pool_ref()
         if pool is None:
             _run_orphan(task)  # the pool was dropped while this task was on its way
             return
         func, args, kwargs, result = task
         task = None
-        watched = pool._watchdog is not None
         if watched:
             worker.started = pool._clock()
         error: BaseException | None = None
@@ -54,7 +63,7 @@ def work() -> None:
         # Drop the task's references (sockets, requests) before parking: an idle
         # greenlet must not keep a client's connection alive.
         func = args = kwargs = None  # type: ignore[assignment]
-        if pool._isolate:
+        if isolate:
             # The next task starts in a new, empty contextvars context. Cheaper than
             # running each task inside Context().run(), and it drops this task's
             # values now rather than when the next task starts.
@@ -78,9 +87,11 @@ def work() -> None:
         # Parked: wait holding no reference to the pool, until spawn() puts a task
         # (or close(), culling or the pool's finalizer puts None) on the channel.
         pool = None
+        if get_task is None:
+            get_task = worker.channel.get
         while True:
             try:
-                task = worker.channel.get()
+                task = get_task()
                 break
             except BaseException as stray:  # noqa: BLE001 - see below
                 # Only a throw aimed at the greenlet rather than a task gets here: the
@@ -88,7 +99,7 @@ def work() -> None:
                 # cancelled. The worker is on the ready list; it must not die there,
                 # so it notes the stray and parks again.
                 _log.debug("idle worker %r ignored a stray %r", worker, stray)
-    pool = worker.pool_ref()
+        pool = pool_ref()
     if pool is not None:
         pool._retire(worker)
 
