@@ -236,73 +236,70 @@ def test_max_detached_follows_the_size_unless_given() -> None:
     assert unbounded._count.max_detached is None
 
 
+class HoldingServer:
+    """A StreamServer on *pool* whose handler answers ``ok`` to a client's first bytes,
+    records them, then holds its slot until released."""
+
+    def __init__(self, pool: WorkerPool) -> None:
+        self.pool = pool
+        self.release = Event()
+        self.served: list[bytes] = []
+        self.clients: list[Any] = []
+        self.server = StreamServer(("127.0.0.1", 0), self._handle, spawn=pool)
+
+    def _handle(self, sock: Any, _address: Any) -> None:
+        self.served.append(sock.recv(16))
+        sock.sendall(b"ok")
+        self.release.wait()
+
+    def client(self, greeting: bytes) -> Any:
+        sock = connect(self.server)
+        self.clients.append(sock)
+        sock.sendall(greeting)
+        return sock
+
+    def __enter__(self) -> HoldingServer:
+        self.server.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.release.set()
+        for sock in self.clients:
+            sock.close()
+        self.server.stop()
+        self.pool.close()
+
+
 def test_growing_resumes_a_stream_server_paused_on_a_full_pool() -> None:
     pool = WorkerPool(1)
-    release = Event()
-    served: list[bytes] = []
-
-    def handle(sock: Any, _address: Any) -> None:
-        served.append(sock.recv(16))
-        sock.sendall(b"ok")
-        release.wait()
-
-    server = StreamServer(("127.0.0.1", 0), handle, spawn=pool)
-    server.start()
-    try:
-        first = connect(server)
-        first.sendall(b"one")
-        wait_until(lambda: served == [b"one"], what="the first client is served")
-        second = connect(server)
-        second.sendall(b"two")
+    with HoldingServer(pool) as holding:
+        holding.client(b"one")
+        wait_until(lambda: holding.served == [b"one"], what="the first client is served")
+        second = holding.client(b"two")
         # The pool is full: the server stops accepting and waits on the pool.
         wait_until(lambda: pool._signal.waiting, what="the server pauses on the full pool")
-        assert served == [b"one"]
+        assert holding.served == [b"one"]
         pool.resize(2)
         # No new connection arrives: the waiting client is accepted on the wake-up.
         assert second.recv(2) == b"ok"
-        assert served == [b"one", b"two"]
-        release.set()
-        first.close()
-        second.close()
+        assert holding.served == [b"one", b"two"]
+        holding.release.set()
         assert pool.join(5)
-    finally:
-        server.stop()
-        pool.close()
 
 
 def test_shrinking_a_server_pool_pauses_accepting_and_growing_resumes() -> None:
     pool = WorkerPool(2)
-    release = Event()
-    served: list[bytes] = []
-
-    def handle(sock: Any, _address: Any) -> None:
-        served.append(sock.recv(16))
-        sock.sendall(b"ok")
-        release.wait()
-
-    server = StreamServer(("127.0.0.1", 0), handle, spawn=pool)
-    server.start()
-    clients = []
-    try:
-        first = connect(server)
-        clients.append(first)
-        first.sendall(b"one")
-        wait_until(lambda: served == [b"one"], what="the first client is served")
+    with HoldingServer(pool) as holding:
+        holding.client(b"one")
+        wait_until(lambda: holding.served == [b"one"], what="the first client is served")
         pool.resize(1)  # full now
-        second = connect(server)
-        clients.append(second)
-        second.sendall(b"two")
+        second = holding.client(b"two")
         wait_until(lambda: pool._signal.waiting, what="the server pauses on the shrunk pool")
-        assert served == [b"one"]
+        assert holding.served == [b"one"]
         pool.resize(2)
         assert second.recv(2) == b"ok"
-        release.set()
+        holding.release.set()
         assert pool.join(5)
-    finally:
-        for client in clients:
-            client.close()
-        server.stop()
-        pool.close()
 
 
 def test_the_prometheus_collector_follows_the_size() -> None:
